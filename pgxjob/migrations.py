@@ -49,9 +49,7 @@ def load_migrations() -> list[Migration]:
     for path in sorted(_migrations_dir().iterdir()):
         match = _FILE_NAME.match(path.name)
         if match:
-            migrations.append(
-                Migration(int(match[1]), match[2], path.read_text(encoding="utf-8"))
-            )
+            migrations.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
     versions = [m.version for m in migrations]
     if not migrations or versions != list(range(1, len(versions) + 1)):
         raise RuntimeError(f"pgxjob migrations are not numbered 1..n: {versions}")
@@ -112,7 +110,9 @@ def check_version(conn: psycopg.Connection[Any], schema: str = "public") -> int:
     return version
 
 
-def migrate(conninfo_or_conn: str | psycopg.Connection[Any], *, schema: str = "public") -> list[int]:
+def migrate(
+    conninfo_or_conn: str | psycopg.Connection[Any], *, schema: str = "public"
+) -> list[int]:
     """Bring the database's pgxjob schema up to date; return the versions applied now.
 
     Each file runs in its own transaction holding a transaction-level advisory lock, so two

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import psycopg
+from psycopg import sql
 
 from pgxjob.errors import translate
 
@@ -136,14 +137,17 @@ def next_run_in(conn: psycopg.Connection[Any], worker_id: int) -> dt.timedelta |
 
 
 def record_job_results(conn: psycopg.Connection[Any], results: Sequence[JobResult]) -> int:
-    columns = list(zip(*results, strict=True)) if results else [[] for _ in JobResult._fields]
+    columns: list[list[Any]] = [[] for _ in JobResult._fields]
+    for result in results:
+        for column, value in zip(columns, result, strict=True):
+            column.append(value)
     return int(
         _scalar(
             conn,
             "select pgxjob_record_job_results(%s::bigint[], %s::int[], %s::timestamptz[],"
             " %s::timestamptz[], %s::text[], %s::timestamptz[], %s::int[], %s::interval[],"
             " %s::boolean[])",
-            [list(column) for column in columns],
+            columns,
         )
     )
 
@@ -153,5 +157,5 @@ def prune_job_runs(conn: psycopg.Connection[Any], older_than: dt.timedelta) -> i
 
 
 def listen(conn: psycopg.Connection[Any]) -> None:
-    conn.execute(f"listen {PG_NOTIFY_CHANNEL}")
-    conn.execute(f"listen {TIMED_NOTIFY_CHANNEL}")
+    for channel in (PG_NOTIFY_CHANNEL, TIMED_NOTIFY_CHANNEL):
+        conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel)))

@@ -1,0 +1,96 @@
+"""The listener: one connection per scheduler doing LISTEN, waking the workers of each group."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from pgxjob import queries
+
+if TYPE_CHECKING:
+    from pgxjob.scheduler import Scheduler
+    from pgxjob.worker import Worker
+
+__all__ = ["Listener"]
+
+logger = logging.getLogger(__name__)
+
+
+class Listener:
+    """Listens for pgxjob's notifications and signals the workers of the notified group.
+
+    Both channels carry a group name: an ASAP job is available, or a timed job was scheduled
+    (the worker then looks again at when its group's next job is due). After a dropped
+    connection it reconnects with backoff and wakes every worker, since notifications sent
+    meanwhile are lost.
+    """
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+        self._lock = threading.Lock()
+        self._workers: dict[str, list[Worker]] = {}
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+        """Set while the listener's connection is listening."""
+        self._thread = threading.Thread(target=self._run, name="pgxjob-listener", daemon=True)
+        self._thread.start()
+
+    def add(self, worker: Worker) -> None:
+        with self._lock:
+            self._workers.setdefault(worker.group_name, []).append(worker)
+
+    def remove(self, worker: Worker) -> None:
+        with self._lock:
+            workers = self._workers.get(worker.group_name, [])
+            if worker in workers:
+                workers.remove(worker)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _signal(self, group_name: str | None) -> None:
+        with self._lock:
+            if group_name is None:
+                workers = [w for ws in self._workers.values() for w in ws]
+            else:
+                workers = list(self._workers.get(group_name, ()))
+        for worker in workers:
+            worker.signal()
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[psycopg.Connection[Any]]:
+        conninfo = self._scheduler.conninfo
+        if conninfo is None:
+            # Only an acquire_conn callable: hold one of its connections for as long as we listen.
+            with self._scheduler.connection() as conn:
+                yield conn
+        else:
+            with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+                yield conn
+
+    def _run(self) -> None:
+        delay = 0.05
+        while not self._stop.is_set():
+            try:
+                with self._connect() as conn:
+                    queries.listen(conn)
+                    self.connected.set()
+                    delay = 0.05
+                    self._signal(None)
+                    while not self._stop.is_set():
+                        for notification in conn.notifies(timeout=0.5):
+                            self._signal(notification.payload)
+            except Exception as exc:
+                self.connected.clear()
+                if self._stop.is_set():
+                    return
+                self._scheduler.handle_error(exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+        self.connected.clear()

@@ -1,0 +1,454 @@
+"""The Scheduler: connections, registration of groups and types, scheduling, context scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import datetime as dt
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from pgxjob import migrations, queries
+from pgxjob.errors import NotReadyError
+from pgxjob.jobs import JobGroup, JobType, JobTypeConfig
+
+if TYPE_CHECKING:
+    from pgxjob.listener import Listener
+    from pgxjob.worker import ShouldLogJobRun, Worker
+
+__all__ = [
+    "AcquireConn",
+    "Scheduler",
+    "acquire_conn_from_pool",
+    "ctx",
+]
+
+logger = logging.getLogger(__name__)
+
+AcquireConn = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
+"""Returns a context manager that lends a connection for exclusive use and takes it back."""
+
+HandleError = Callable[[BaseException], None]
+Seconds = float | dt.timedelta
+
+_current: contextvars.ContextVar[Scheduler | None] = contextvars.ContextVar(
+    "pgxjob_scheduler", default=None
+)
+
+
+def ctx() -> Scheduler:
+    """The scheduler of the current context, else the module's default_context_scheduler."""
+    scheduler = _current.get()
+    if scheduler is None:
+        import pgxjob
+
+        scheduler = pgxjob.default_context_scheduler
+    if scheduler is None:
+        raise LookupError(
+            "no pgxjob scheduler in this context: use `with scheduler.with_context():` "
+            "or set pgxjob.default_context_scheduler"
+        )
+    return scheduler
+
+
+def acquire_conn_from_pool(pool: ConnectionPool[Any]) -> AcquireConn:
+    """An AcquireConn that borrows connections from a psycopg_pool.ConnectionPool."""
+
+    def acquire() -> AbstractContextManager[psycopg.Connection[Any]]:
+        return pool.connection()
+
+    return acquire
+
+
+def seconds(value: Seconds, name: str, *, allow_zero: bool = False) -> float:
+    """A duration given as seconds or a timedelta, checked to be positive."""
+    result = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+    if result < 0 or (result == 0 and not allow_zero) or result != result:
+        raise ValueError(f"{name} must be a positive duration, got {value!r}")
+    return result
+
+
+def encode_params(params: Any) -> str | None:
+    """Encode a job's params as JSON text; str and bytes are taken as JSON text and checked."""
+    if params is None:
+        return None
+    if isinstance(params, bytes | bytearray | memoryview):
+        try:
+            params = bytes(params).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TypeError(f"params bytes are not UTF-8 JSON text: {exc}") from exc
+    if isinstance(params, str):
+        try:
+            json.loads(params)
+        except ValueError as exc:
+            raise TypeError(
+                f"params string is not valid JSON ({exc}); pass a JSON text such as "
+                "'{\"id\": 1}', or a dict to have it encoded"
+            ) from exc
+        if "\x00" in params or "\\u0000" in params:
+            raise TypeError("params contain a NUL character, which PostgreSQL text cannot store")
+        return params
+    if dataclasses.is_dataclass(params) and not isinstance(params, type):
+        params = dataclasses.asdict(params)
+    try:
+        text = json.dumps(params, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"params of type {type(params).__name__} cannot be encoded as JSON: {exc}; "
+            "pass JSON-serialisable values (dict, list, str, number, bool, None, dataclass)"
+        ) from exc
+    if "\\u0000" in text:
+        raise TypeError("params contain a NUL character, which PostgreSQL text cannot store")
+    return text
+
+
+def _check_run_at(run_at: dt.datetime | None) -> None:
+    if run_at is not None and (not isinstance(run_at, dt.datetime) or run_at.tzinfo is None):
+        raise ValueError(
+            f"run_at must be a timezone-aware datetime, got {run_at!r}; "
+            "use datetime.now(timezone.utc) + timedelta(...)"
+        )
+
+
+class Scheduler:
+    """Schedules jobs and starts workers.
+
+    ``conninfo_or_pool`` is a libpq connection string or URL, a ``psycopg_pool.ConnectionPool``,
+    or an AcquireConn callable. The constructor does no I/O: groups and job types are registered
+    in the background, retrying while the database is unreachable and reporting each failure to
+    ``handle_error`` (default: the ``pgxjob`` logger).
+    """
+
+    def __init__(
+        self,
+        conninfo_or_pool: str | ConnectionPool[Any] | AcquireConn,
+        *,
+        job_groups: Iterable[str] = (),
+        job_types: Iterable[JobTypeConfig] = (),
+        handle_error: HandleError | None = None,
+        setup_timeout: Seconds = 30.0,
+    ) -> None:
+        self._conninfo: str | None = None
+        self._own_pool: ConnectionPool[Any] | None = None
+        if isinstance(conninfo_or_pool, str):
+            self._conninfo = conninfo_or_pool
+            self._own_pool = ConnectionPool(
+                conninfo_or_pool,
+                min_size=1,
+                max_size=4,
+                open=False,
+                timeout=5.0,
+                kwargs={"autocommit": True},
+                name="pgxjob",
+            )
+            self._acquire: AcquireConn = acquire_conn_from_pool(self._own_pool)
+        elif isinstance(conninfo_or_pool, ConnectionPool):
+            self._conninfo = (
+                str(conninfo_or_pool.conninfo)
+                if isinstance(conninfo_or_pool.conninfo, str)
+                else None
+            )
+            self._acquire = acquire_conn_from_pool(conninfo_or_pool)
+        elif callable(conninfo_or_pool):
+            self._acquire = conninfo_or_pool
+        else:
+            raise TypeError(
+                "conninfo_or_pool must be a connection string, a psycopg_pool.ConnectionPool "
+                f"or an acquire_conn callable, got {type(conninfo_or_pool).__name__}"
+            )
+
+        self._group_names = ["default"]
+        for name in job_groups:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"job group names must be non-empty strings, got {name!r}")
+            if name not in self._group_names:
+                self._group_names.append(name)
+        self._type_configs: dict[str, JobTypeConfig] = {}
+        for config in job_types:
+            if not isinstance(config, JobTypeConfig):
+                raise TypeError(f"job_types must hold JobTypeConfig values, got {config!r}")
+            if config.name in self._type_configs:
+                raise ValueError(f"duplicate job type name {config.name!r} in job_types")
+            if config.default_group_name not in self._group_names:
+                raise ValueError(
+                    f"job type {config.name!r} has default group {config.default_group_name!r},"
+                    " which is not in job_groups; add it there"
+                )
+            self._type_configs[config.name] = config
+
+        self.handle_error: HandleError = handle_error or _log_error
+        self._setup_timeout = seconds(setup_timeout, "setup_timeout")
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._closed = threading.Event()
+        self._last_setup_error: BaseException | None = None
+        self._pool_opened = False
+        self._groups: dict[str, JobGroup] = {}
+        self._types: dict[str, JobType] = {}
+        self._workers: list[Worker] = []
+        self._listener: Listener | None = None
+        self._setup_thread = threading.Thread(target=self._setup, name="pgxjob-setup", daemon=True)
+        self._setup_thread.start()
+
+    # -- connections ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """Lend a connection in autocommit mode: each pgxjob function call is one transaction."""
+        if self._own_pool is not None and not self._pool_opened:
+            with self._lock:
+                if not self._pool_opened:
+                    self._own_pool.open(wait=False)
+                    self._pool_opened = True
+        with self._acquire() as conn:
+            restore = not conn.autocommit
+            if restore:
+                conn.autocommit = True
+            try:
+                yield conn
+            finally:
+                if restore and not conn.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.autocommit = False
+
+    @property
+    def conninfo(self) -> str | None:
+        """The connection string, when the scheduler was given one or a pool."""
+        return self._conninfo
+
+    def _reserve_connections(self, count: int) -> None:
+        if self._own_pool is not None:
+            with self._lock:
+                size = self._own_pool.max_size + count
+                self._own_pool.resize(min_size=self._own_pool.min_size, max_size=size)
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        delay = 0.05
+        while not self._closed.is_set():
+            try:
+                with self.connection() as conn:
+                    migrations.check_version(conn)
+                    groups = {
+                        name: JobGroup(queries.register_group(conn, name), name)
+                        for name in self._group_names
+                    }
+                    types = {}
+                    for config in self._type_configs.values():
+                        type_id = queries.register_job_type(
+                            conn, config.name, config.default_group_name
+                        )
+                        types[config.name] = JobType(
+                            type_id, config.name, groups[config.default_group_name], config.run_job
+                        )
+                self._groups, self._types = groups, types
+                self._ready.set()
+                return
+            except Exception as exc:
+                self._last_setup_error = exc
+                self.handle_error(exc)
+                self._closed.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def wait_ready(self, timeout: Seconds | None = None) -> None:
+        """Wait until groups and job types are registered; raise NotReadyError after timeout."""
+        limit = self._setup_timeout if timeout is None else seconds(timeout, "timeout")
+        if not self._ready.wait(limit):
+            raise NotReadyError(
+                f"pgxjob scheduler setup did not finish within {limit:g}s "
+                f"(last error: {self._last_setup_error!r}); check that the database is "
+                "reachable and migrated (`pgxjob migrate`)"
+            )
+
+    @property
+    def ready(self) -> bool:
+        """True once groups and job types are registered."""
+        return self._ready.is_set()
+
+    def migrate(self, *, schema: str = "public") -> list[int]:
+        """Apply pgxjob's migrations to the database; return the versions applied now."""
+        with self.connection() as conn:
+            return migrations.migrate(conn, schema=schema)
+
+    def job_group(self, name: str) -> JobGroup:
+        """The registered group called name."""
+        self.wait_ready()
+        return self._groups[name]
+
+    def job_type(self, name: str) -> JobType | None:
+        """The job type called name, if this scheduler declared it."""
+        self.wait_ready()
+        return self._types.get(name)
+
+    # -- scheduling -----------------------------------------------------------------------------
+
+    def schedule(
+        self,
+        conn: psycopg.Connection[Any] | None,
+        job_type: str,
+        params: Any = None,
+        *,
+        group_name: str | None = None,
+        run_at: dt.datetime | None = None,
+    ) -> int:
+        """Schedule one job and return its id.
+
+        With a connection, the job is inserted in the caller's transaction: it exists, and the
+        worker is notified, only when that transaction commits. With ``conn=None`` the
+        scheduler's own connection is used and the job is committed at once. ``run_at`` None
+        (or not in the future) means as soon as possible; the job type's default group is used
+        unless ``group_name`` is given.
+        """
+        params_json = encode_params(params)
+        _check_run_at(run_at)
+        self.wait_ready()
+        if conn is None:
+            with self.connection() as own:
+                return queries.schedule(own, job_type, params_json, group_name, run_at)
+        return queries.schedule(conn, job_type, params_json, group_name, run_at)
+
+    def schedule_now(
+        self, conn: psycopg.Connection[Any] | None, job_type: str, params: Any = None
+    ) -> int:
+        """Schedule one job to run as soon as possible; return its id."""
+        return self.schedule(conn, job_type, params)
+
+    def schedule_many(
+        self,
+        conn: psycopg.Connection[Any] | None,
+        job_type: str,
+        params_list: Sequence[Any],
+        *,
+        group_name: str | None = None,
+        run_at: dt.datetime | None = None,
+    ) -> list[int]:
+        """Schedule one job per element of params_list in one round trip; return ids in order."""
+        encoded = [encode_params(params) for params in params_list]
+        _check_run_at(run_at)
+        self.wait_ready()
+        if conn is None:
+            with self.connection() as own:
+                return queries.schedule_many(own, job_type, encoded, group_name, run_at)
+        return queries.schedule_many(conn, job_type, encoded, group_name, run_at)
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def start_worker(
+        self,
+        *,
+        group_name: str = "default",
+        max_concurrent_jobs: int = 10,
+        max_prefetched_jobs: int = 1000,
+        poll_interval: Seconds = 10.0,
+        max_buffered_job_results: int = 100,
+        max_buffered_job_result_age: Seconds = 1.0,
+        should_log_job_run: ShouldLogJobRun | None = None,
+        min_heartbeat_delay: Seconds = 45.0,
+        heartbeat_delay_jitter: Seconds = 30.0,
+        worker_dead_without_heartbeat: Seconds | None = None,
+        listen: bool = True,
+    ) -> Worker:
+        """Start a worker for one group and return it at once; it starts up in the background.
+
+        ``listen=False`` makes the worker poll only (every ``poll_interval``), for connection
+        poolers such as PgBouncer in transaction mode that cannot carry LISTEN.
+        """
+        from pgxjob.listener import Listener
+        from pgxjob.worker import Worker
+
+        if self._closed.is_set():
+            raise RuntimeError("this scheduler is closed; create a new one to start workers")
+        if group_name not in self._group_names:
+            raise ValueError(
+                f"group {group_name!r} is not one of this scheduler's job_groups "
+                f"{self._group_names}; add it to Scheduler(job_groups=...)"
+            )
+        worker = Worker(
+            self,
+            group_name=group_name,
+            max_concurrent_jobs=max_concurrent_jobs,
+            max_prefetched_jobs=max_prefetched_jobs,
+            poll_interval=poll_interval,
+            max_buffered_job_results=max_buffered_job_results,
+            max_buffered_job_result_age=max_buffered_job_result_age,
+            should_log_job_run=should_log_job_run,
+            min_heartbeat_delay=min_heartbeat_delay,
+            heartbeat_delay_jitter=heartbeat_delay_jitter,
+            worker_dead_without_heartbeat=worker_dead_without_heartbeat,
+        )
+        listener_started = False
+        with self._lock:
+            self._workers.append(worker)
+            if listen and self._listener is None:
+                self._listener = Listener(self)
+                listener_started = True
+            if listen and self._listener is not None:
+                self._listener.add(worker)
+        # The fetch loop, the result flusher and the heartbeat may each hold a connection, and
+        # the listener holds one for good.
+        self._reserve_connections(3 + listener_started)
+        worker.start()
+        return worker
+
+    def _forget_worker(self, worker: Worker) -> None:
+        with self._lock:
+            if worker in self._workers:
+                self._workers.remove(worker)
+            if self._listener is not None:
+                self._listener.remove(worker)
+
+    @property
+    def workers(self) -> list[Worker]:
+        """The workers started by this scheduler that have not shut down."""
+        with self._lock:
+            return list(self._workers)
+
+    def close(self, timeout: Seconds | None = None) -> bool:
+        """Shut down every worker, stop the listener and close the scheduler's own pool.
+
+        Returns False when the workers did not finish within timeout.
+        """
+        self._closed.set()
+        clean = True
+        for worker in self.workers:
+            clean = worker.shutdown(timeout) and clean
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
+        if self._own_pool is not None and self._pool_opened:
+            self._own_pool.close(timeout=5.0)
+        return clean
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- context --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def with_context(self) -> Iterator[Scheduler]:
+        """Make this the scheduler :func:`ctx` returns inside the ``with`` block."""
+        token = _current.set(self)
+        try:
+            yield self
+        finally:
+            _current.reset(token)
+
+    def _handler(self, type_name: str) -> JobType | None:
+        return self._types.get(type_name)
+
+
+def _log_error(err: BaseException) -> None:
+    logger.error("pgxjob: %s", err, exc_info=err)
