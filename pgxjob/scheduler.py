@@ -385,17 +385,15 @@ class Scheduler:
             heartbeat_delay_jitter=heartbeat_delay_jitter,
             worker_dead_without_heartbeat=worker_dead_without_heartbeat,
         )
-        listener_started = False
         with self._lock:
             self._workers.append(worker)
             if listen and self._listener is None:
                 self._listener = Listener(self)
-                listener_started = True
             if listen and self._listener is not None:
                 self._listener.add(worker)
-        # The fetch loop, the result flusher and the heartbeat may each hold a connection, and
-        # the listener holds one for good.
-        self._reserve_connections(3 + listener_started)
+        # The fetch loop, the result flusher and the heartbeat may each hold a connection. (The
+        # listener opens its own from the conninfo.)
+        self._reserve_connections(3)
         worker.start()
         return worker
 
