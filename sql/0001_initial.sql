@@ -549,7 +549,7 @@ create function pgxjob_linear_backoff(
 )
 returns timestamptz
 language sql
-immutable
+stable -- timestamptz + interval depends on the TimeZone setting, so not immutable
 strict
 set search_path from current
 as $$
@@ -641,10 +641,14 @@ begin
       0 as error_count
   ),
   done_run_at as (
+    -- A success deletes the job whatever its error_count (it ran; it must not run again), but a
+    -- final failure must match it: a stale failure from a reaped worker must not delete a job
+    -- that another worker has since retried.
     delete from pgxjob_run_at_jobs j
     using input i
     where j.id = i.job_id
       and i.next_run_at is null
+      and (i.error is null or j.error_count = i.error_count)
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, j.error_count
   ),
   moved as (

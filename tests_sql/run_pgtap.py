@@ -5,6 +5,7 @@ Fails when any test fails, when pg_prove finds no test, or when pgTAP cannot be 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -12,12 +13,31 @@ import sys
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from pgxjob.migrations import migrate  # noqa: E402
 from tests.dbserver import admin_conninfo, scratch_database  # noqa: E402
+
+_LIBPQ_ENV = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "dbname": "PGDATABASE",
+    "sslmode": "PGSSLMODE",
+}
+
+
+def _libpq_env(conninfo: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _LIBPQ_ENV.values()}
+    for key, value in conninfo_to_dict(conninfo).items():
+        if key in _LIBPQ_ENV and value is not None:
+            env[_LIBPQ_ENV[key]] = str(value)
+    return env
 
 
 def main() -> int:
@@ -45,10 +65,13 @@ def main() -> int:
                     file=sys.stderr,
                 )
                 return 1
+        # pg_prove's -d takes only a bare database name (a conninfo string turns into a Perl
+        # "HASH(...)"), so the connection goes to psql through the libpq environment.
         proc = subprocess.run(
-            ["pg_prove", "--ext", ".sql", "-r", "-d", conninfo, str(HERE)],
+            ["pg_prove", "--ext", ".sql", "-r", str(HERE)],
             capture_output=True,
             text=True,
+            env=_libpq_env(conninfo),
         )
     sys.stdout.write(proc.stdout)
     sys.stderr.write(proc.stderr)

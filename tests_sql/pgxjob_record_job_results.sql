@@ -1,0 +1,196 @@
+-- pgxjob_record_job_results(...): every outcome of a run, recorded in one call per batch.
+begin;
+\ir helpers.psql
+select plan(44);
+
+select t_setup();
+select t_worker('g1') as w \gset
+
+-- Runs are logged with the job's fields and the run's times.
+create function t_run(p_job_id bigint)
+returns table (run_number int, error text, started_at timestamptz, finished_at timestamptz)
+language sql
+as $$
+  select r.run_number, r.error, r.started_at, r.finished_at
+  from pgxjob_job_runs r
+  where r.job_id = p_job_id
+  order by r.run_number
+$$;
+
+-- Success of an ASAP job
+select pgxjob_schedule('t1', '{"ok": 1}') as ok_job \gset
+select count(*) from pgxjob_fetch_jobs(:w, 100);
+select is(t_record(:ok_job), 1, 'a success returns one changed job');
+select is(t_job_table(:ok_job), null, 'a success deletes the job');
+select row_eq(
+  format('select job_id, run_number, group_id, type_id, inserted_at, run_at, started_at,
+                 finished_at, params::text, error
+          from pgxjob_job_runs where job_id = %s', :ok_job),
+  row(:ok_job::bigint, 1,
+      (select id from pgxjob_groups where name = 'g1'),
+      (select id from pgxjob_job_types where name = 't1'),
+      now(), now(), now() - interval '2 seconds', now() - interval '1 second',
+      '{"ok": 1}'::text, null::text),
+  'a success logs run 1 with the job''s group, type, times and params, and no error'
+);
+
+-- Failure without retry
+select pgxjob_schedule('t1') as fail_job \gset
+select count(*) from pgxjob_fetch_jobs(:w, 100);
+select is(t_record(:fail_job, 0, 'boom'), 1, 'a failure returns one changed job');
+select is(t_job_table(:fail_job), null, 'a failure without a retry time deletes the job');
+select results_eq(format('select run_number, error from t_run(%s)', :fail_job),
+  $$values (1, 'boom'::text)$$, 'a failure logs its error');
+
+-- Explicit retry_at of an ASAP job: it moves to the timed table with the same id.
+select pgxjob_schedule('t1', '{"r": 1}') as retry_job \gset
+select count(*) from pgxjob_fetch_jobs(:w, 100);
+select is(t_record(:retry_job, 0, 'try again', now() + interval '1 minute'), 1,
+  'a retry returns one changed job');
+select is(t_job_table(:retry_job), 'run_at', 'a retried ASAP job moves to the timed table');
+select row_eq(
+  format('select error_count, last_error, next_run_at, run_at, worker_id, params::text,
+                 inserted_at, group_id, type_id
+          from pgxjob_run_at_jobs where id = %s', :retry_job),
+  row(1, 'try again'::text, now() + interval '1 minute', now(), null::int, '{"r": 1}'::text,
+      now(), (select id from pgxjob_groups where name = 'g1'),
+      (select id from pgxjob_job_types where name = 't1')),
+  'same id, error_count 1, last_error, next_run_at = retry_at, released, fields kept'
+);
+select results_eq(format('select run_number, error from t_run(%s)', :retry_job),
+  $$values (1, 'try again'::text)$$, 'the failed attempt is logged as run 1');
+
+-- Retry of a timed job: error_count and next_run_at advance and the job is released.
+select count(*) from pgxjob_fetch_jobs(:w, 100, now() + interval '1 minute');
+select is(t_owner(:retry_job), :w, 'the retry is fetched again when due');
+select is(t_record(:retry_job, 1, 'again', now() + interval '5 minutes'), 1,
+  'a timed retry returns one changed job');
+select row_eq(
+  format('select error_count, last_error, next_run_at, run_at, worker_id
+          from pgxjob_run_at_jobs where id = %s', :retry_job),
+  row(2, 'again'::text, now() + interval '5 minutes', now(), null::int),
+  'a timed retry bumps error_count, sets last_error and next_run_at, keeps run_at, releases it'
+);
+select results_eq(format('select run_number, error from t_run(%s)', :retry_job),
+  $$values (1, 'try again'::text), (2, 'again'::text)$$, 'the second attempt is run 2');
+
+-- Stale results: error_count does not match the job's (another worker ran it since).
+select is(t_record(:retry_job, 1, 'stale', now() + interval '1 hour'), 0,
+  'a stale retry changes nothing');
+select is(t_record(:retry_job, 0, 'stale final failure'), 0,
+  'a stale final failure changes nothing');
+select row_eq(
+  format('select error_count, last_error, next_run_at from pgxjob_run_at_jobs where id = %s',
+         :retry_job),
+  row(2, 'again'::text, now() + interval '5 minutes'),
+  'the job is unchanged by stale results'
+);
+select is((select count(*)::int from pgxjob_job_runs where job_id = :retry_job), 2,
+  'stale results log no run');
+
+-- Success of a timed job that has failed before
+select is(t_record(:retry_job, 2), 1, 'a timed job''s success returns one changed job');
+select is(t_job_table(:retry_job), null, 'a timed job''s success deletes it');
+select results_eq(format('select run_number, error from t_run(%s)', :retry_job),
+  $$values (1, 'try again'::text), (2, 'again'::text), (3, null::text)$$,
+  'the success is run 3');
+
+-- A success deletes the job even when stale: it ran, it must not run again.
+select pgxjob_schedule('t1', null, null, now() + interval '1 second') as stale_ok \gset
+update pgxjob_run_at_jobs set error_count = 1 where id = :stale_ok;
+select is(t_record(:stale_ok, 0), 1, 'a stale success still deletes the job');
+select is(t_job_table(:stale_ok), null, 'the job that succeeded is gone');
+
+-- Linear backoff, computed on p_now.
+select pgxjob_schedule('t1') as backoff_asap \gset
+select is(
+  t_record(:backoff_asap, 0, 'flaky', p_max_retries => 3, p_base_delay => interval '10 seconds',
+           p_now => '2030-01-01 00:00:00+00'),
+  1, 'a backoff retry returns one changed job');
+select row_eq(
+  format('select error_count, next_run_at from pgxjob_run_at_jobs where id = %s', :backoff_asap),
+  row(1, '2030-01-01 00:00:10+00'::timestamptz),
+  'backoff after the first failure: p_now + 1 * base_delay'
+);
+select t_record(:backoff_asap, 1, 'flaky', p_max_retries => 3,
+                p_base_delay => interval '10 seconds', p_now => '2030-01-01 00:01:00+00');
+select t_record(:backoff_asap, 2, 'flaky', p_max_retries => 3,
+                p_base_delay => interval '10 seconds', p_now => '2030-01-01 00:02:00+00');
+select row_eq(
+  format('select error_count, next_run_at from pgxjob_run_at_jobs where id = %s', :backoff_asap),
+  row(3, '2030-01-01 00:02:30+00'::timestamptz),
+  'backoff at error count max - 1: p_now + max * base_delay'
+);
+select is(
+  t_record(:backoff_asap, 3, 'flaky', p_max_retries => 3, p_base_delay => interval '10 seconds',
+           p_now => '2030-01-01 00:03:00+00'),
+  1, 'an exhausted backoff is a final failure');
+select is(t_job_table(:backoff_asap), null, 'an exhausted backoff deletes the job');
+select results_eq(format('select run_number, error from t_run(%s)', :backoff_asap),
+  $$values (1, 'flaky'::text), (2, 'flaky'), (3, 'flaky'), (4, 'flaky')$$,
+  'every attempt is logged, the last as run max + 1');
+
+select pgxjob_schedule('t1') as explicit_wins \gset
+select t_record(:explicit_wins, 0, 'e', now() + interval '1 day', 3, interval '1 second');
+select is((select next_run_at from pgxjob_run_at_jobs where id = :explicit_wins),
+  now() + interval '1 day', 'an explicit retry_at wins over the backoff');
+
+-- log = false
+select pgxjob_schedule('t1') as quiet \gset
+select is(t_record(:quiet, p_log => false), 1, 'a success with log = false is recorded');
+select is(t_job_table(:quiet), null, 'it deletes the job');
+select is((select count(*)::int from pgxjob_job_runs where job_id = :quiet), 0,
+  'log = false writes no run row');
+select pgxjob_schedule('t1') as quiet_retry \gset
+select t_record(:quiet_retry, 0, 'x', now(), p_log => false);
+select is((select count(*)::int from pgxjob_job_runs where job_id = :quiet_retry), 0,
+  'a retry with log = false writes no run row');
+
+-- A run key logged before (by a reaped worker that ran the same attempt) does not error.
+select pgxjob_schedule('t1') as dup \gset
+insert into pgxjob_job_runs (job_id, run_number, group_id, type_id, inserted_at, run_at,
+                             started_at, finished_at, error)
+values (:dup, 1, 1, 1, now(), now(), now(), now(), 'first');
+select lives_ok(format('select t_record(%s)', :dup), 'a duplicate run key does not error');
+select is(t_job_table(:dup), null, 'the job is still deleted');
+select results_eq(format('select run_number, error from t_run(%s)', :dup),
+  $$values (1, 'first'::text)$$, 'the first row of the run is kept');
+
+-- Unknown jobs, batches, empty input, bad input.
+select is(t_record(-1), 0, 'a result for a job that is gone changes nothing');
+select is((select count(*)::int from pgxjob_job_runs where job_id = -1), 0,
+  'and logs nothing');
+
+create temp table t_batch as
+select id from pgxjob_schedule_many('t1', array['{}', '{}', '{}']::json[]) as id;
+select is(
+  pgxjob_record_job_results(
+    array(select id from t_batch order by id) || (select max(id) from t_batch),
+    array[0, 0, 0, 0],
+    array[now(), now(), now(), now()],
+    array[now(), now(), now(), now()],
+    array[null, 'fail', null, 'last result wins'],
+    array[null, null, null, now() + interval '1 hour']::timestamptz[],
+    array[null, null, null, null]::int[],
+    array[null, null, null, null]::interval[],
+    array[true, true, true, true]
+  ),
+  3, 'a batch records every job once; returns how many changed');
+select is(
+  (select count(*)::int from t_batch where t_job_table(id) is null), 2,
+  'the batch deleted the success and the failure');
+select is(
+  (select last_error from pgxjob_run_at_jobs where id = (select max(id) from t_batch)),
+  'last result wins', 'a job listed twice in a batch takes its last result');
+
+select is(pgxjob_record_job_results('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}'), 0,
+  'an empty batch changes nothing');
+select throws_ok(
+  $$select pgxjob_record_job_results(array[1::bigint, 2], array[0], array[now(), now()],
+      array[now(), now()], array[null, null]::text[], array[null, null]::timestamptz[],
+      array[null, null]::int[], array[null, null]::interval[], array[true, true])$$,
+  'PJ005', 'pgxjob: result arrays must all have 2 elements',
+  'arrays of different lengths raise PJ005');
+
+select * from finish();
+rollback;

@@ -1,0 +1,68 @@
+-- pgxjob_schedule_many(job_type, params[], group_name, run_at): bulk enqueue in one statement.
+begin;
+\ir helpers.psql
+select plan(13);
+
+select t_setup();
+
+create temp table t_ids as
+select row_number() over () as n, id
+from pgxjob_schedule_many('t1', array['{"n": 1}', null, '{"n": 3}']::json[]) as id;
+
+select is((select count(*)::int from t_ids), 3, 'one id per element of params');
+select is(
+  (select array_agg(j.params::text order by i.n) from t_ids i join pgxjob_asap_jobs j using (id)),
+  array['{"n": 1}', null, '{"n": 3}'],
+  'ids come back in the order of params, each with its params'
+);
+select ok(
+  (select bool_and(id > coalesce(prev, 0))
+   from (select id, lag(id) over (order by n) as prev from t_ids) x),
+  'ids increase in the order of params'
+);
+select is(
+  (select array_agg(distinct g.name) from t_ids i join pgxjob_asap_jobs j using (id)
+   join pgxjob_groups g on g.id = j.group_id),
+  array['g1'],
+  'jobs go to the type''s default group'
+);
+
+select is_empty(
+  $$select * from pgxjob_schedule_many('t1', array[]::json[])$$,
+  'an empty array schedules nothing'
+);
+select is_empty(
+  $$select * from pgxjob_schedule_many('t1', null)$$,
+  'a null array schedules nothing'
+);
+
+create temp table t_timed as
+select id from pgxjob_schedule_many(
+  't1', array['{}', '{}']::json[], group_name => 'g2', run_at => now() + interval '1 minute'
+) as id;
+select is(
+  (select count(*)::int from pgxjob_run_at_jobs j join t_timed using (id)
+   where j.run_at = now() + interval '1 minute'
+     and j.next_run_at = j.run_at
+     and j.group_id = (select id from pgxjob_groups where name = 'g2')),
+  2,
+  'a future run_at makes timed jobs in the named group'
+);
+
+create temp table t_past as
+select id from pgxjob_schedule_many('t2', array['{}']::json[], run_at => now() - interval '1 s') as id;
+select is((select t_job_table(id) from t_past), 'asap', 'a past run_at makes ASAP jobs');
+
+select throws_ok($$select pgxjob_schedule_many('nope', array['{}']::json[])$$, 'PJ001',
+  'pgxjob: unknown job type "nope"', 'an unknown type raises PJ001');
+select throws_ok($$select pgxjob_schedule_many('nope', array[]::json[])$$, 'PJ001',
+  'pgxjob: unknown job type "nope"', 'an unknown type raises PJ001 even with nothing to schedule');
+select throws_ok($$select pgxjob_schedule_many('t1', array['{}']::json[], 'nope')$$, 'PJ002',
+  'pgxjob: unknown group "nope"', 'an unknown group raises PJ002');
+select throws_ok($$select pgxjob_schedule_many(null, array['{}']::json[])$$, 'PJ003',
+  'pgxjob: job type must not be null or empty', 'a null type raises PJ003');
+select throws_ok($$select pgxjob_schedule_many('t1', array['{bad']::json[])$$, '22P02', null,
+  'an invalid JSON element raises 22P02');
+
+select * from finish();
+rollback;
