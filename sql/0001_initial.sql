@@ -359,6 +359,12 @@ begin
             hint = 'Pass how long a worker may go without a heartbeat, for example interval ''5 minutes''.';
   end if;
 
+  if coalesce(p_group_name, '') = '' then
+    raise exception 'pgxjob: a worker''s group name must not be null or empty'
+      using errcode = 'PJ003',
+            hint = 'Pass the name of a registered group, for example ''default''.';
+  end if;
+
   select g.id into v_group_id from pgxjob_groups g where g.name = p_group_name;
   if v_group_id is null then
     raise exception 'pgxjob: unknown group "%"', p_group_name

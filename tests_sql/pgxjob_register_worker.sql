@@ -1,7 +1,7 @@
 -- pgxjob_register_worker(group_name, dead_after, now): adds a worker row, reaping dead ones.
 begin;
 \ir helpers.psql
-select plan(9);
+select plan(11);
 
 select t_setup();
 
@@ -29,6 +29,10 @@ select is((select count(*)::int from pgxjob_workers), 2, 'the live workers remai
 
 select throws_ok($$select pgxjob_register_worker('nope', interval '1 minute')$$, 'PJ002',
   'pgxjob: unknown group "nope"', 'an unknown group raises PJ002');
+select throws_ok($$select pgxjob_register_worker(null, interval '1 minute')$$, 'PJ003', null,
+  'a null group name raises PJ003');
+select throws_ok($$select pgxjob_register_worker('', interval '1 minute')$$, 'PJ003', null,
+  'an empty group name raises PJ003');
 select throws_ok($$select pgxjob_register_worker('g1', null)$$, 'PJ005', null,
   'a null dead_after raises PJ005');
 select throws_ok($$select pgxjob_register_worker('g1', interval '0')$$, 'PJ005', null,
