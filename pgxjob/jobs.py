@@ -215,7 +215,10 @@ def error_text(err: BaseException) -> str:
     """The text stored as a run's error: the exception's type and message."""
     message = str(err)
     name = type(err).__name__
-    return f"{name}: {message}" if message else name
+    text = f"{name}: {message}" if message else name
+    # PostgreSQL text holds neither NUL nor lone surrogates: escape them, or the batch of
+    # results holding this error could never be recorded.
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ParamsError(ValueError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 __all__ = ["Listener"]
 
 logger = logging.getLogger(__name__)
+
+_PING_INTERVAL = 30.0
 
 
 class Listener:
@@ -71,7 +74,16 @@ class Listener:
             with self._scheduler.connection() as conn:
                 yield conn
         else:
-            with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as conn:
+            # Keepalives: a connection that dies silently (host crash, NAT timeout) must raise.
+            with psycopg.connect(
+                conninfo,
+                autocommit=True,
+                connect_timeout=5,
+                keepalives=1,
+                keepalives_idle=30,
+                keepalives_interval=10,
+                keepalives_count=3,
+            ) as conn:
                 yield conn
 
     def _run(self) -> None:
@@ -83,9 +95,15 @@ class Listener:
                     self.connected.set()
                     delay = 0.05
                     self._signal(None)
+                    idle_since = time.monotonic()
                     while not self._stop.is_set():
                         for notification in conn.notifies(timeout=0.5):
                             self._signal(notification.payload)
+                        if time.monotonic() - idle_since > _PING_INTERVAL:
+                            # A round trip proves the connection is alive where keepalives
+                            # are not available (an acquire_conn connection).
+                            queries.ping(conn)
+                            idle_since = time.monotonic()
             except Exception as exc:
                 self.connected.clear()
                 if self._stop.is_set():

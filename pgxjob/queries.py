@@ -156,6 +156,128 @@ def prune_job_runs(conn: psycopg.Connection[Any], older_than: dt.timedelta) -> i
     return int(_scalar(conn, "select pgxjob_prune_job_runs(%s)", (older_than,)))
 
 
+def ping(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("select 1")
+
+
 def listen(conn: psycopg.Connection[Any]) -> None:
     for channel in (PG_NOTIFY_CHANNEL, TIMED_NOTIFY_CHANNEL):
         conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel)))
+
+
+# --------------------------------------------------------------------------------------------
+# Command line and monitoring (pgxjob.cli): the read-only functions of sql/0002_cli_functions.sql
+# and a schedule call that can take its run time relative to the database clock.
+# --------------------------------------------------------------------------------------------
+
+
+class JobCount(NamedTuple):
+    """One row of pgxjob_job_counts: a group and type's jobs in four disjoint states."""
+
+    group_name: str
+    job_type: str
+    due: int
+    scheduled: int
+    retrying: int
+    locked: int
+    oldest_due_at: dt.datetime | None
+
+
+class JobRun(NamedTuple):
+    """One row of pgxjob_recent_job_runs: an attempt recorded in the run log."""
+
+    job_id: int
+    run_number: int
+    group_name: str
+    job_type: str
+    inserted_at: dt.datetime
+    run_at: dt.datetime
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    params: str | None
+    error: str | None
+
+
+class JobRunStats(NamedTuple):
+    """One row of pgxjob_job_run_stats: a group and type's run outcomes since a time."""
+
+    group_name: str
+    job_type: str
+    runs: int
+    succeeded: int
+    retried: int
+    failed: int
+    avg_duration: dt.timedelta | None
+    p95_duration: dt.timedelta | None
+    avg_wait: dt.timedelta | None
+
+
+def schedule_relative(
+    conn: psycopg.Connection[Any],
+    job_type: str,
+    params_json: str | None,
+    group_name: str | None,
+    run_at: dt.datetime | None,
+    run_in: dt.timedelta | None,
+) -> int:
+    """pgxjob_schedule with run_at, or with now() + run_in on the database clock."""
+    return int(
+        _scalar(
+            conn,
+            "select pgxjob_schedule(%s, %s::json, %s,"
+            " coalesce(%s::timestamptz, now() + %s::interval))",
+            (job_type, params_json, group_name, run_at, run_in),
+        )
+    )
+
+
+def status(conn: psycopg.Connection[Any], recent_failures: int) -> dict[str, Any]:
+    """The json document of pgxjob_status, decoded."""
+    value = _scalar(conn, "select pgxjob_status(%s)", (recent_failures,))
+    assert isinstance(value, dict)
+    return value
+
+
+def job_counts(conn: psycopg.Connection[Any]) -> list[JobCount]:
+    with translated_errors():
+        rows = conn.execute(
+            "select group_name, job_type, due, scheduled, retrying, locked, oldest_due_at"
+            " from pgxjob_job_counts()"
+        ).fetchall()
+    return [JobCount(*row) for row in rows]
+
+
+def recent_job_runs(
+    conn: psycopg.Connection[Any],
+    max_rows: int,
+    *,
+    failed_only: bool = False,
+    job_type: str | None = None,
+    group_name: str | None = None,
+) -> list[JobRun]:
+    with translated_errors():
+        rows = conn.execute(
+            "select job_id, run_number, group_name, job_type, inserted_at, run_at, started_at,"
+            " finished_at, params::text, error"
+            " from pgxjob_recent_job_runs(max_rows => %s, failed_only => %s,"
+            " of_type => %s, in_group => %s)",
+            (max_rows, failed_only, job_type, group_name),
+        ).fetchall()
+    return [JobRun(*row) for row in rows]
+
+
+def job_run_stats(conn: psycopg.Connection[Any], since: dt.datetime) -> list[JobRunStats]:
+    with translated_errors():
+        rows = conn.execute(
+            "select group_name, job_type, runs, succeeded, retried, failed, avg_duration,"
+            " p95_duration, avg_wait from pgxjob_job_run_stats(%s)",
+            (since,),
+        ).fetchall()
+    return [JobRunStats(*row) for row in rows]
+
+
+def database_now(conn: psycopg.Connection[Any]) -> dt.datetime:
+    """The database clock, which the run log's times and the stats windows are measured on."""
+    value = _scalar(conn, "select now()", ())
+    assert isinstance(value, dt.datetime)
+    return value
