@@ -62,7 +62,10 @@ def latest_version() -> int:
 
 
 def _use_schema(conn: psycopg.Connection[Any], schema: str) -> None:
-    conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(schema)))
+    # Only when missing: "create schema if not exists" needs CREATE on the database even when
+    # the schema exists, which a least-privilege owner does not have.
+    if conn.execute("select 1 from pg_namespace where nspname = %s", (schema,)).fetchone() is None:
+        conn.execute(sql.SQL("create schema {}").format(sql.Identifier(schema)))
     # Functions pin this search_path ("set search_path from current"); pg_temp last so a
     # temporary table cannot shadow pgxjob's tables.
     conn.execute(sql.SQL("set local search_path to {}, pg_temp").format(sql.Identifier(schema)))

@@ -87,27 +87,30 @@ def encode_params(params: Any) -> str | None:
             raise TypeError(f"params bytes are not UTF-8 JSON text: {exc}") from exc
     if isinstance(params, str):
         try:
-            json.loads(params)
-        except ValueError as exc:
+            json.loads(params, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
             raise TypeError(
                 f"params string is not valid JSON ({exc}); pass a JSON text such as "
                 "'{\"id\": 1}', or a dict to have it encoded"
             ) from exc
-        if "\x00" in params or "\\u0000" in params:
+        # A NUL character itself cannot be stored; the escape \u0000 inside JSON text can.
+        if "\x00" in params:
             raise TypeError("params contain a NUL character, which PostgreSQL text cannot store")
         return params
     if dataclasses.is_dataclass(params) and not isinstance(params, type):
         params = dataclasses.asdict(params)
     try:
         text = json.dumps(params, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise TypeError(
             f"params of type {type(params).__name__} cannot be encoded as JSON: {exc}; "
             "pass JSON-serialisable values (dict, list, str, number, bool, None, dataclass)"
         ) from exc
-    if "\\u0000" in text:
-        raise TypeError("params contain a NUL character, which PostgreSQL text cannot store")
     return text
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (PostgreSQL's json type rejects it)")
 
 
 def _check_run_at(run_at: dt.datetime | None) -> None:

@@ -220,6 +220,9 @@ class Worker:
             try:
                 with self._scheduler.connection() as conn:
                     rows = queries.fetch_jobs(conn, worker_id, wanted)
+                    # Queued at once: claimed jobs must not be stranded by a later error.
+                    if rows:
+                        self._enqueue([self._job(row) for row in rows])
                     sleep = None if len(rows) == wanted else self._idle_delay(conn, worker_id)
             except WorkerNotRegisteredError:
                 self._lost.set()
@@ -230,8 +233,6 @@ class Worker:
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.05
-            if rows:
-                self._enqueue([self._job(row) for row in rows])
             if sleep is not None:
                 self._wake.wait(sleep)
 

@@ -113,6 +113,12 @@ as $$
 declare
   v_id int;
 begin
+  if length(pgxjob_register_group.name) > 1000 then
+    raise exception 'pgxjob: group name is % characters long, more than 1000', length(pgxjob_register_group.name)
+      using errcode = 'PJ003',
+            hint = 'Use a shorter name; names are identifiers, not data.';
+  end if;
+
   if coalesce(pgxjob_register_group.name, '') = '' then
     raise exception 'pgxjob: group name must not be null or empty'
       using errcode = 'PJ003',
@@ -144,6 +150,12 @@ declare
   v_group_id int;
   v_id int;
 begin
+  if length(pgxjob_register_job_type.name) > 1000 then
+    raise exception 'pgxjob: job type name is % characters long, more than 1000', length(pgxjob_register_job_type.name)
+      using errcode = 'PJ003',
+            hint = 'Use a shorter name; names are identifiers, not data.';
+  end if;
+
   if coalesce(pgxjob_register_job_type.name, '') = '' then
     raise exception 'pgxjob: job type name must not be null or empty'
       using errcode = 'PJ003',
@@ -537,11 +549,17 @@ stable
 strict
 set search_path from current
 as $$
-  select min(j.next_run_at) - p_now
+  -- A job at 'infinity' never falls due, and one at '-infinity' is due now; neither may reach
+  -- the subtraction, which is undefined for infinite timestamps.
+  select case
+    when min(j.next_run_at) = '-infinity' then interval '0'
+    else min(j.next_run_at) - p_now
+  end
   from pgxjob_run_at_jobs j
   join pgxjob_workers w on w.group_id = j.group_id
   where w.id = p_worker_id
     and j.worker_id is null
+    and j.next_run_at <> 'infinity'
 $$;
 
 -- Linear backoff: the next attempt of a job that has failed error_count times runs at

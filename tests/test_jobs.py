@@ -231,7 +231,7 @@ def test_scheduler_rejects_duplicate_type_names_and_undeclared_groups() -> None:
 
 @pytest.mark.parametrize(
     "params",
-    [object(), {"when": dt.datetime.now()}, float("nan"), "not json", b"\xff", {"a": "\x00"}],
+    [object(), {"when": dt.datetime.now()}, float("nan"), "not json", b"\xff", '"a\x00"', "NaN"],
 )
 def test_params_that_are_not_json_raise_type_error_before_the_database(params: object) -> None:
     # The database does not exist: nothing is sent before the check.

@@ -1,7 +1,7 @@
 -- pgxjob_next_run_in(worker_id, now): how long until the group's next unowned timed job is due.
 begin;
 \ir helpers.psql
-select plan(7);
+select plan(9);
 
 select t_setup();
 select t_worker('g1') as w \gset
@@ -24,6 +24,13 @@ select count(*) from pgxjob_fetch_jobs(:w_other, 1, now() + interval '5 minutes'
 select is(pgxjob_next_run_in(:w), interval '10 minutes', 'owned jobs do not count');
 
 select is(pgxjob_next_run_in(-1), null, 'null for an unknown worker');
+
+select pgxjob_schedule('t1', null, 'g2', 'infinity');
+select t_worker('g2') as w_g2 \gset
+select is(pgxjob_next_run_in(:w_g2), interval '1 minute',
+  'a job at infinity never falls due and does not break the subtraction');
+update pgxjob_run_at_jobs set next_run_at = '-infinity' where run_at = 'infinity';
+select is(pgxjob_next_run_in(:w_g2), interval '0', 'a job at -infinity is due now');
 
 select * from finish();
 rollback;

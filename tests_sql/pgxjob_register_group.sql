@@ -1,7 +1,7 @@
 -- pgxjob_register_group(name): idempotent insert-or-select of a group.
 begin;
 \ir helpers.psql
-select plan(9);
+select plan(10);
 
 select is(pgxjob_register_group('default'), 1, 'registering default returns its id, 1');
 
@@ -35,6 +35,9 @@ select throws_ok($$select pgxjob_register_group('')$$, 'PJ003',
 
 select is((select count(*)::int from pgxjob_groups where name = ''), 0,
   'no empty-named group was created');
+
+select throws_ok(format('select pgxjob_register_group(%L)', repeat('x', 1001)), 'PJ003', null,
+  'a name longer than 1000 characters raises PJ003');
 
 select * from finish();
 rollback;
