@@ -52,3 +52,26 @@ schema-check: venv
 
 clean:
 	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache
+
+## The README's first command: the example shop (examples/shop) with 20,000 orders, on the
+## embedded PostgreSQL in .pgxjob/pg, or on the database of DATABASE_URL when it is set.
+ORDERS ?= 20000
+PGXJOB := $(VENV)/bin/pgxjob
+
+run: venv
+	$(PGXJOB) migrate
+	$(PY) -m examples.shop load --orders $(ORDERS)
+	$(PGXJOB) worker examples.shop.app:scheduler --group default --group emails \
+	  --concurrency 16 --until-empty --progress
+	$(PY) -m examples.shop report
+
+## Helpers for the example: its workers alone (until Ctrl-C), its queue, and the embedded server.
+.PHONY: run-example-worker run-example-status run-example-stop
+run-example-worker: venv
+	$(PGXJOB) worker examples.shop.app:scheduler --group default --group emails --concurrency 16
+
+run-example-status: venv
+	$(PGXJOB) status
+
+run-example-stop: venv
+	$(PGXJOB) embedded stop

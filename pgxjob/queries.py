@@ -274,10 +274,3 @@ def job_run_stats(conn: psycopg.Connection[Any], since: dt.datetime) -> list[Job
             (since,),
         ).fetchall()
     return [JobRunStats(*row) for row in rows]
-
-
-def database_now(conn: psycopg.Connection[Any]) -> dt.datetime:
-    """The database clock, which the run log's times and the stats windows are measured on."""
-    value = _scalar(conn, "select now()", ())
-    assert isinstance(value, dt.datetime)
-    return value

@@ -33,7 +33,9 @@ def admin_conninfo() -> tuple[str, str]:
 
     # Keep the data directory inside the project: the wheel, run as root, widens the
     # permissions of every parent directory of its data directory.
-    server = get_server(ROOT / ".pgxjob" / "test-pg", cleanup_mode=None)
+    data = ROOT / ".pgxjob" / "test-pg"
+    data.parent.mkdir(exist_ok=True)
+    server = get_server(data, cleanup_mode=None)
     return server.get_uri("postgres"), "embedded PostgreSQL (.pgxjob/test-pg)"
 
 
