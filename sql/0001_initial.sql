@@ -103,6 +103,30 @@ create index pgxjob_job_runs_finished_at_idx on pgxjob_job_runs using brin (fini
 --   PJ001 unknown job type     PJ002 unknown group       PJ003 missing or empty name
 --   PJ004 worker not registered                          PJ005 invalid argument
 
+-- Raises PJ003 unless p_name is a usable name: not null, not empty, at most 1000 characters
+-- (longer names could not be indexed). p_kind says what the name is, for the message.
+create function pgxjob_check_name(p_kind text, p_name text)
+returns void
+language plpgsql
+immutable
+called on null input
+set search_path from current
+as $$
+begin
+  if coalesce(p_name, '') = '' then
+    raise exception 'pgxjob: % must not be null or empty', p_kind
+      using errcode = 'PJ003',
+            hint = format('Pass a non-empty %s.', p_kind);
+  end if;
+
+  if length(p_name) > 1000 then
+    raise exception 'pgxjob: % is % characters long, more than 1000', p_kind, length(p_name)
+      using errcode = 'PJ003',
+            hint = 'Use a shorter name; names are identifiers, not data.';
+  end if;
+end;
+$$;
+
 create function pgxjob_register_group(name text)
 returns int
 language plpgsql
@@ -113,17 +137,7 @@ as $$
 declare
   v_id int;
 begin
-  if length(pgxjob_register_group.name) > 1000 then
-    raise exception 'pgxjob: group name is % characters long, more than 1000', length(pgxjob_register_group.name)
-      using errcode = 'PJ003',
-            hint = 'Use a shorter name; names are identifiers, not data.';
-  end if;
-
-  if coalesce(pgxjob_register_group.name, '') = '' then
-    raise exception 'pgxjob: group name must not be null or empty'
-      using errcode = 'PJ003',
-            hint = 'Pass a non-empty name, for example pgxjob_register_group(''emails'').';
-  end if;
+  perform pgxjob_check_name('group name', pgxjob_register_group.name);
 
   -- Insert-or-select: "do nothing" leaves existing rows (and their ids) untouched.
   insert into pgxjob_groups (name)
@@ -150,17 +164,7 @@ declare
   v_group_id int;
   v_id int;
 begin
-  if length(pgxjob_register_job_type.name) > 1000 then
-    raise exception 'pgxjob: job type name is % characters long, more than 1000', length(pgxjob_register_job_type.name)
-      using errcode = 'PJ003',
-            hint = 'Use a shorter name; names are identifiers, not data.';
-  end if;
-
-  if coalesce(pgxjob_register_job_type.name, '') = '' then
-    raise exception 'pgxjob: job type name must not be null or empty'
-      using errcode = 'PJ003',
-            hint = 'Pass a non-empty name, for example pgxjob_register_job_type(''send_email'').';
-  end if;
+  perform pgxjob_check_name('job type name', pgxjob_register_job_type.name);
 
   select g.id into v_group_id
   from pgxjob_groups g
@@ -205,11 +209,7 @@ called on null input
 set search_path from current
 as $$
 begin
-  if job_type is null or job_type = '' then
-    raise exception 'pgxjob: job type must not be null or empty'
-      using errcode = 'PJ003',
-            hint = 'Pass the name of a registered job type as the first argument.';
-  end if;
+  perform pgxjob_check_name('job type', job_type);
 
   select t.id, g.id, g.name
   into type_id, group_id, resolved_group_name
@@ -371,11 +371,7 @@ begin
             hint = 'Pass how long a worker may go without a heartbeat, for example interval ''5 minutes''.';
   end if;
 
-  if coalesce(p_group_name, '') = '' then
-    raise exception 'pgxjob: a worker''s group name must not be null or empty'
-      using errcode = 'PJ003',
-            hint = 'Pass the name of a registered group, for example ''default''.';
-  end if;
+  perform pgxjob_check_name('a worker''s group name', p_group_name);
 
   select g.id into v_group_id from pgxjob_groups g where g.name = p_group_name;
   if v_group_id is null then

@@ -18,6 +18,29 @@ SET client_min_messages = warning;
 SET row_security = off;
 
 --
+-- Name: pgxjob_check_name(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_check_name(p_kind text, p_name text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+  if coalesce(p_name, '') = '' then
+    raise exception 'pgxjob: % must not be null or empty', p_kind
+      using errcode = 'PJ003',
+            hint = format('Pass a non-empty %s.', p_kind);
+  end if;
+
+  if length(p_name) > 1000 then
+    raise exception 'pgxjob: % is % characters long, more than 1000', p_kind, length(p_name)
+      using errcode = 'PJ003',
+            hint = 'Use a shorter name; names are identifiers, not data.';
+  end if;
+end;
+$$;
+
+--
 -- Name: pgxjob_fetch_jobs(integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -584,17 +607,7 @@ CREATE FUNCTION public.pgxjob_register_group(name text) RETURNS integer
 declare
   v_id int;
 begin
-  if length(pgxjob_register_group.name) > 1000 then
-    raise exception 'pgxjob: group name is % characters long, more than 1000', length(pgxjob_register_group.name)
-      using errcode = 'PJ003',
-            hint = 'Use a shorter name; names are identifiers, not data.';
-  end if;
-
-  if coalesce(pgxjob_register_group.name, '') = '' then
-    raise exception 'pgxjob: group name must not be null or empty'
-      using errcode = 'PJ003',
-            hint = 'Pass a non-empty name, for example pgxjob_register_group(''emails'').';
-  end if;
+  perform pgxjob_check_name('group name', pgxjob_register_group.name);
 
   -- Insert-or-select: "do nothing" leaves existing rows (and their ids) untouched.
   insert into pgxjob_groups (name)
@@ -622,17 +635,7 @@ declare
   v_group_id int;
   v_id int;
 begin
-  if length(pgxjob_register_job_type.name) > 1000 then
-    raise exception 'pgxjob: job type name is % characters long, more than 1000', length(pgxjob_register_job_type.name)
-      using errcode = 'PJ003',
-            hint = 'Use a shorter name; names are identifiers, not data.';
-  end if;
-
-  if coalesce(pgxjob_register_job_type.name, '') = '' then
-    raise exception 'pgxjob: job type name must not be null or empty'
-      using errcode = 'PJ003',
-            hint = 'Pass a non-empty name, for example pgxjob_register_job_type(''send_email'').';
-  end if;
+  perform pgxjob_check_name('job type name', pgxjob_register_job_type.name);
 
   select g.id into v_group_id
   from pgxjob_groups g
@@ -680,11 +683,7 @@ begin
             hint = 'Pass how long a worker may go without a heartbeat, for example interval ''5 minutes''.';
   end if;
 
-  if coalesce(p_group_name, '') = '' then
-    raise exception 'pgxjob: a worker''s group name must not be null or empty'
-      using errcode = 'PJ003',
-            hint = 'Pass the name of a registered group, for example ''default''.';
-  end if;
+  perform pgxjob_check_name('a worker''s group name', p_group_name);
 
   select g.id into v_group_id from pgxjob_groups g where g.name = p_group_name;
   if v_group_id is null then
@@ -713,11 +712,7 @@ CREATE FUNCTION public.pgxjob_resolve_job_target(job_type text, group_name text,
     SET search_path TO 'public', 'pg_temp'
     AS $$
 begin
-  if job_type is null or job_type = '' then
-    raise exception 'pgxjob: job type must not be null or empty'
-      using errcode = 'PJ003',
-            hint = 'Pass the name of a registered job type as the first argument.';
-  end if;
+  perform pgxjob_check_name('job type', job_type);
 
   select t.id, g.id, g.name
   into type_id, group_id, resolved_group_name

@@ -1,0 +1,18 @@
+-- pgxjob_check_name(kind, name): the one check every registration and schedule applies to names.
+begin;
+select plan(6);
+
+select lives_ok($$select pgxjob_check_name('group name', 'emails')$$, 'a plain name passes');
+select lives_ok($$select pgxjob_check_name('group name', 'x''; drop table pgxjob_groups; --')$$,
+  'quotes and semicolons are data');
+select lives_ok(format('select pgxjob_check_name(%L, %L)', 'group name', repeat('é', 1000)),
+  '1000 characters pass, whatever their byte length');
+select throws_ok($$select pgxjob_check_name('group name', null)$$, 'PJ003',
+  'pgxjob: group name must not be null or empty', 'null raises PJ003 naming the kind');
+select throws_ok($$select pgxjob_check_name('job type', '')$$, 'PJ003',
+  'pgxjob: job type must not be null or empty', 'empty raises PJ003');
+select throws_ok(format('select pgxjob_check_name(%L, %L)', 'job type', repeat('x', 1001)), 'PJ003',
+  'pgxjob: job type is 1001 characters long, more than 1000', 'too long raises PJ003');
+
+select * from finish();
+rollback;
