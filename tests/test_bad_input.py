@@ -186,7 +186,8 @@ def expected_name_error(name: str, *, unknown: type[Exception]) -> type[Exceptio
     if "\x00" in name:
         # psycopg refuses to send text with NUL before anything reaches the database.
         return psycopg.DataError
-    if name == "":
+    if name == "" or len(name) > 1000:
+        # A job type name is checked before the lookup; a group name is only looked up.
         return InvalidNameError if unknown is UnknownJobTypeError else UnknownGroupError
     return unknown
 
