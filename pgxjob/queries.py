@@ -100,7 +100,7 @@ def schedule_many(
 ) -> list[int]:
     with translated_errors():
         rows = conn.execute(
-            "select pgxjob_schedule_many(%s, %s::json[], %s, %s::timestamptz)",
+            "select pgxjob_schedule_many(%s, %b::json[], %s, %s::timestamptz)",
             (job_type, list(params_json), group_name, run_at),
         ).fetchall()
     return [int(row[0]) for row in rows]
@@ -144,9 +144,11 @@ def record_job_results(conn: psycopg.Connection[Any], results: Sequence[JobResul
     return int(
         _scalar(
             conn,
-            "select pgxjob_record_job_results(%s::bigint[], %s::int[], %s::timestamptz[],"
-            " %s::timestamptz[], %s::text[], %s::timestamptz[], %s::int[], %s::interval[],"
-            " %s::boolean[])",
+            # Binary parameters (%b): psycopg dumps arrays in binary several times faster than
+            # as quoted text, which matters on the hot path of every worker.
+            "select pgxjob_record_job_results(%b::bigint[], %b::int[], %b::timestamptz[],"
+            " %b::timestamptz[], %b::text[], %b::timestamptz[], %b::int[], %b::interval[],"
+            " %b::boolean[])",
             columns,
         )
     )

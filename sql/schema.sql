@@ -70,21 +70,22 @@ begin
   v_remaining := p_limit;
 
   -- skip locked: concurrent fetchers take disjoint rows instead of queueing behind each other.
+  -- The claimed ids go to the update as an array, so it finds each row through the primary key;
+  -- joined to a CTE instead, the planner hashes the whole table once per fetch.
   return query
-  with due as (
-    select j.id
-    from pgxjob_run_at_jobs j
-    where j.group_id = v_group_id
-      and j.worker_id is null
-      and j.next_run_at <= p_now
-    order by j.next_run_at
-    limit v_remaining
-    for update skip locked
-  )
   update pgxjob_run_at_jobs j
   set worker_id = p_worker_id
-  from due, pgxjob_job_types t
-  where j.id = due.id
+  from pgxjob_job_types t
+  where j.id = any (array(
+      select d.id
+      from pgxjob_run_at_jobs d
+      where d.group_id = v_group_id
+        and d.worker_id is null
+        and d.next_run_at <= p_now
+      order by d.next_run_at
+      limit v_remaining
+      for update skip locked
+    ))
     and t.id = j.type_id
   returning j.id, j.group_id, j.type_id, t.name, j.params, j.inserted_at, j.run_at,
     j.error_count, j.last_error, false;
@@ -96,19 +97,18 @@ begin
   end if;
 
   return query
-  with next_jobs as (
-    select j.id
-    from pgxjob_asap_jobs j
-    where j.group_id = v_group_id
-      and j.worker_id is null
-    order by j.id
-    limit v_remaining
-    for update skip locked
-  )
   update pgxjob_asap_jobs j
   set worker_id = p_worker_id
-  from next_jobs, pgxjob_job_types t
-  where j.id = next_jobs.id
+  from pgxjob_job_types t
+  where j.id = any (array(
+      select d.id
+      from pgxjob_asap_jobs d
+      where d.group_id = v_group_id
+        and d.worker_id is null
+      order by d.id
+      limit v_remaining
+      for update skip locked
+    ))
     and t.id = j.type_id
   returning j.id, j.group_id, j.type_id, t.name, j.params, j.inserted_at, j.inserted_at,
     0, null::text, true;
@@ -505,11 +505,11 @@ begin
     )
     order by r.job_id, r.ord desc
   ),
+  -- Every branch restricts its table by an array of ids, so rows are found through the primary
+  -- key; a plain join to the input would let the planner hash the whole table per batch.
   done_asap as (
     delete from pgxjob_asap_jobs j
-    using input i
-    where j.id = i.job_id
-      and i.next_run_at is null
+    where j.id = any (array(select x.job_id from input x where x.next_run_at is null))
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.inserted_at as run_at, j.params,
       0 as error_count
   ),
@@ -519,17 +519,18 @@ begin
     -- that another worker has since retried.
     delete from pgxjob_run_at_jobs j
     using input i
-    where j.id = i.job_id
-      and i.next_run_at is null
+    where j.id = any (array(select x.job_id from input x where x.next_run_at is null))
+      and j.id = i.job_id
       and (i.error is null or j.error_count = i.error_count)
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, j.error_count
   ),
   moved as (
     delete from pgxjob_asap_jobs j
     using input i
-    where j.id = i.job_id
-      and i.next_run_at is not null
-      and i.error_count = 0
+    where j.id = any (array(
+        select x.job_id from input x where x.next_run_at is not null and x.error_count = 0
+      ))
+      and j.id = i.job_id
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.inserted_at as run_at, j.params,
       0 as error_count, i.next_run_at, i.error
   ),
@@ -550,8 +551,8 @@ begin
         next_run_at = i.next_run_at,
         worker_id = null
     from input i
-    where j.id = i.job_id
-      and i.next_run_at is not null
+    where j.id = any (array(select x.job_id from input x where x.next_run_at is not null))
+      and j.id = i.job_id
       and j.error_count = i.error_count
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, i.error_count
   ),
