@@ -50,6 +50,13 @@ schema: venv
 schema-check: venv
 	$(PY) -m tests.schema_snapshot check
 
+## Full-size fault runs (docs/reliability.md): 50,000 jobs under SIGKILL, PostgreSQL restarted
+## twice, backends terminated, a 30 s outage. CHAOS_SEED and CHAOS_* override sizes.
+CHAOS_REPORT ?= .chaos-report.json
+
+chaos: venv
+	CHAOS_FULL=1 CHAOS_REPORT=$(CHAOS_REPORT) $(PY) -m pytest -q -s tests/test_chaos.py
+
 clean:
 	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache
 

@@ -130,6 +130,12 @@ def fetch_jobs(conn: psycopg.Connection[Any], worker_id: int, limit: int) -> lis
     return [FetchedJob(*row) for row in rows]
 
 
+def release_unknown_jobs(conn: psycopg.Connection[Any], worker_id: int, known: list[int]) -> int:
+    return int(
+        _scalar(conn, "select pgxjob_release_unknown_jobs(%s, %b::bigint[])", (worker_id, known))
+    )
+
+
 def next_run_in(conn: psycopg.Connection[Any], worker_id: int) -> dt.timedelta | None:
     value = _scalar(conn, "select pgxjob_next_run_in(%s)", (worker_id,))
     assert value is None or isinstance(value, dt.timedelta)

@@ -9,7 +9,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -113,6 +113,13 @@ class Worker:
         self._queue_cond = threading.Condition()
         self._low_water = max_prefetched_jobs // 2
         self._runners_stop = False
+        # Ids of every job from its fetch until its result is recorded: what this worker knows
+        # it owns. After a fetch whose reply was lost, owned jobs outside it are released. A
+        # count per id, since a retried job can be fetched again before the flush that released
+        # it has taken its first run off.
+        self._held: collections.Counter[int] = collections.Counter()
+        self._held_lock = threading.Lock()
+        self._fetch_failed = False
 
         self._results: list[JobResult] = []
         self._results_cond = threading.Condition()
@@ -187,6 +194,7 @@ class Worker:
         # prefetched jobs, and other workers may be running them, so we must not start them.
         with self._queue_cond:
             dropped = len(self._queue)
+            self._forget_held(job.id for job in self._queue)
             self._queue.clear()
         logger.warning(
             "pgxjob worker %s (id %s) was reaped while alive; dropped %d prefetched jobs, "
@@ -219,6 +227,12 @@ class Worker:
             self._wake.clear()
             try:
                 with self._scheduler.connection() as conn:
+                    if self._fetch_failed:
+                        # The failed fetch may have claimed jobs whose rows never arrived.
+                        with self._held_lock:
+                            known = list(self._held)
+                        queries.release_unknown_jobs(conn, worker_id, known)
+                        self._fetch_failed = False
                     rows = queries.fetch_jobs(conn, worker_id, wanted)
                     # Queued at once: claimed jobs must not be stranded by a later error.
                     if rows:
@@ -228,6 +242,7 @@ class Worker:
                 self._lost.set()
                 continue
             except Exception as exc:
+                self._fetch_failed = True
                 self._scheduler.handle_error(exc)
                 self.shutdown_requested.wait(delay)
                 delay = min(delay * 2, 5.0)
@@ -263,7 +278,18 @@ class Worker:
             shutdown_requested=self.shutdown_requested,
         )
 
+    def _forget_held(self, job_ids: Iterable[int]) -> None:
+        with self._held_lock:
+            for job_id in job_ids:
+                count = self._held[job_id] - 1
+                if count > 0:
+                    self._held[job_id] = count
+                else:
+                    self._held.pop(job_id, None)
+
     def _enqueue(self, jobs: list[Job]) -> None:
+        with self._held_lock:
+            self._held.update(job.id for job in jobs)
         with self._queue_cond:
             self._queue.extend(jobs)
             self._queue_cond.notify(len(jobs))
@@ -360,6 +386,7 @@ class Worker:
             try:
                 with self._scheduler.connection() as conn:
                     queries.record_job_results(conn, batch)
+                self._forget_held(result.job_id for result in batch)
                 delay = 0.05
             except Exception as exc:
                 # Never dropped: put the batch back in front and try again after a pause.

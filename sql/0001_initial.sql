@@ -535,6 +535,50 @@ begin
 end;
 $$;
 
+-- Releases the jobs a worker owns but does not know of: a fetch whose reply was lost (the
+-- connection broke after the claim committed) leaves such jobs behind, and they would otherwise
+-- wait for the worker to shut down or be reaped. p_known holds every job id the worker still
+-- has queued, running or awaiting its recorded result. Returns how many jobs were released; the
+-- group is notified when there were any.
+create function pgxjob_release_unknown_jobs(p_worker_id int, p_known bigint[])
+returns int
+language plpgsql
+volatile
+called on null input
+set search_path from current
+as $$
+declare
+  v_released int;
+  v_asap int;
+  v_group_name text;
+begin
+  update pgxjob_asap_jobs
+  set worker_id = null
+  where worker_id = p_worker_id
+    and not (id = any (coalesce(p_known, '{}')));
+  get diagnostics v_asap = row_count;
+
+  update pgxjob_run_at_jobs
+  set worker_id = null
+  where worker_id = p_worker_id
+    and not (id = any (coalesce(p_known, '{}')));
+  get diagnostics v_released = row_count;
+  v_released := v_released + v_asap;
+
+  if v_released > 0 then
+    select g.name into v_group_name
+    from pgxjob_workers w
+    join pgxjob_groups g on g.id = w.group_id
+    where w.id = p_worker_id;
+
+    perform pg_notify('pgxjob_job_available', v_group_name)
+    where v_group_name is not null;
+  end if;
+
+  return v_released;
+end;
+$$;
+
 -- How long until the worker's group next has an unowned timed job due, on this database's clock
 -- (zero or negative when one is due now); null when there is none. Workers sleep that long instead
 -- of polling, and application hosts with skewed clocks still wake on time.

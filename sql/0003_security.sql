@@ -124,6 +124,7 @@ as $$
       'pgxjob_schedule', 'pgxjob_schedule_many',
       'pgxjob_register_worker', 'pgxjob_worker_heartbeat', 'pgxjob_reap_dead_workers',
       'pgxjob_unregister_worker', 'pgxjob_fetch_jobs', 'pgxjob_next_run_in',
+      'pgxjob_release_unknown_jobs',
       'pgxjob_record_job_results', 'pgxjob_linear_backoff', 'pgxjob_prune_job_runs',
       'pgxjob_job_counts', 'pgxjob_worker_status', 'pgxjob_recent_job_runs',
       'pgxjob_job_run_stats', 'pgxjob_status'

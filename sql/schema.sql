@@ -195,6 +195,7 @@ CREATE FUNCTION public.pgxjob_grant_worker(role_name name) RETURNS SETOF text
       'pgxjob_schedule', 'pgxjob_schedule_many',
       'pgxjob_register_worker', 'pgxjob_worker_heartbeat', 'pgxjob_reap_dead_workers',
       'pgxjob_unregister_worker', 'pgxjob_fetch_jobs', 'pgxjob_next_run_in',
+      'pgxjob_release_unknown_jobs',
       'pgxjob_record_job_results', 'pgxjob_linear_backoff', 'pgxjob_prune_job_runs',
       'pgxjob_job_counts', 'pgxjob_worker_status', 'pgxjob_recent_job_runs',
       'pgxjob_job_run_stats', 'pgxjob_status'
@@ -701,6 +702,46 @@ begin
   returning id into v_id;
 
   return v_id;
+end;
+$$;
+
+--
+-- Name: pgxjob_release_unknown_jobs(integer, bigint[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_release_unknown_jobs(p_worker_id integer, p_known bigint[]) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+  v_released int;
+  v_asap int;
+  v_group_name text;
+begin
+  update pgxjob_asap_jobs
+  set worker_id = null
+  where worker_id = p_worker_id
+    and not (id = any (coalesce(p_known, '{}')));
+  get diagnostics v_asap = row_count;
+
+  update pgxjob_run_at_jobs
+  set worker_id = null
+  where worker_id = p_worker_id
+    and not (id = any (coalesce(p_known, '{}')));
+  get diagnostics v_released = row_count;
+  v_released := v_released + v_asap;
+
+  if v_released > 0 then
+    select g.name into v_group_name
+    from pgxjob_workers w
+    join pgxjob_groups g on g.id = w.group_id
+    where w.id = p_worker_id;
+
+    perform pg_notify('pgxjob_job_available', v_group_name)
+    where v_group_name is not null;
+  end if;
+
+  return v_released;
 end;
 $$;
 

@@ -93,6 +93,7 @@ select is_empty(
       'pgxjob_next_run_in(integer,timestamp with time zone)',
       'pgxjob_prune_job_runs(interval)',
       'pgxjob_reap_dead_workers(timestamp with time zone)',
+      'pgxjob_release_unknown_jobs(integer,bigint[])',
       'pgxjob_record_job_results(bigint[],integer[],timestamp with time zone[],timestamp with time zone[],text[],timestamp with time zone[],integer[],interval[],boolean[],timestamp with time zone)',
       'pgxjob_register_group(text)',
       'pgxjob_register_job_type(text,text)',
