@@ -150,7 +150,7 @@ class Scheduler:
                 open=False,
                 timeout=5.0,
                 kwargs={"autocommit": True},
-                name="pgxjob",
+                name="pgxjob-pool",
             )
             self._acquire: AcquireConn = acquire_conn_from_pool(self._own_pool)
         elif isinstance(conninfo_or_pool, ConnectionPool):
