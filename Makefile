@@ -50,6 +50,14 @@ schema: venv
 schema-check: venv
 	$(PY) -m tests.schema_snapshot check
 
+## Benchmarks against procrastinate, PgQueuer and oban-py (about 20 min on 2 cores; not part of
+## `make test`). Writes bench/results.json, bench/RESULTS.md and the PNG plots.
+## BENCH_ARGS=--quick for a 4-minute smoke run.
+bench:
+	test -x .bench/bench/bin/python || $(PYTHON) -m venv .bench/bench
+	.bench/bench/bin/python -m pip install -q -r bench/requirements/bench.txt
+	.bench/bench/bin/python bench/run.py $(BENCH_ARGS)
+
 ## Full-size fault runs (docs/reliability.md): 50,000 jobs under SIGKILL, PostgreSQL restarted
 ## twice, backends terminated, a 30 s outage. CHAOS_SEED and CHAOS_* override sizes.
 CHAOS_REPORT ?= .chaos-report.json

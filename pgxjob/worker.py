@@ -125,6 +125,11 @@ class Worker:
         self._results_cond = threading.Condition()
         self._oldest_result_at = 0.0
         self._flush_all = False
+        # Jobs taken by a runner whose result is not buffered yet. When it falls to zero with
+        # nothing queued, the worker is idle and flushes at once instead of letting the last
+        # results wait for max_buffered_job_result_age.
+        self._running = 0
+        self._flush_now = False
 
         self._fetch_thread = threading.Thread(target=self._fetch_loop, name=self._name, daemon=True)
         self._runners = [
@@ -303,6 +308,7 @@ class Worker:
             if self._runners_stop:
                 return None
             job = self._queue.popleft()
+            self._running += 1
             if len(self._queue) == self._low_water:
                 self._wake.set()
             return job
@@ -352,12 +358,17 @@ class Worker:
             base_delay,
             log,
         )
+        with self._queue_cond:
+            self._running -= 1
+            idle = self._running == 0 and not self._queue
         with self._results_cond:
             self._results.append(result)
             count = len(self._results)
             if count == 1:
                 self._oldest_result_at = time.monotonic()
-            if count == 1 or count >= self._max_buffered_job_results:
+            if idle:
+                self._flush_now = True
+            if count == 1 or idle or count >= self._max_buffered_job_results:
                 self._results_cond.notify()
 
     # -- recording results ---------------------------------------------------------------------
@@ -370,7 +381,11 @@ class Worker:
                     count = len(self._results)
                     if self._flush_all and count == 0:
                         return
-                    if count >= self._max_buffered_job_results or (self._flush_all and count):
+                    if count and (
+                        count >= self._max_buffered_job_results
+                        or self._flush_all
+                        or self._flush_now
+                    ):
                         break
                     if count:
                         age = time.monotonic() - self._oldest_result_at
@@ -383,6 +398,7 @@ class Worker:
                 batch = self._results[:_MAX_FLUSH_CHUNK]
                 del self._results[:_MAX_FLUSH_CHUNK]
                 self._oldest_result_at = time.monotonic()
+                self._flush_now = False
             try:
                 with self._scheduler.connection() as conn:
                     queries.record_job_results(conn, batch)

@@ -789,24 +789,39 @@ CREATE FUNCTION public.pgxjob_schedule(job_type text, params json DEFAULT NULL::
     SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
-  v_target record;
+  v_type_id int;
+  v_group_id int;
+  v_group_name text;
   v_id bigint;
 begin
-  v_target := pgxjob_resolve_job_target(job_type, group_name);
+  -- The lookup is inlined rather than a call to pgxjob_resolve_job_target: this is the hot path
+  -- of every producer, and each nested call with a pinned search_path costs a GUC save and
+  -- restore. The resolver runs only when the lookup finds nothing, to raise the precise error.
+  select t.id, g.id, g.name
+  into v_type_id, v_group_id, v_group_name
+  from pgxjob_job_types t
+  join pgxjob_groups g
+    on g.id = t.default_group_id and pgxjob_schedule.group_name is null
+    or g.name = pgxjob_schedule.group_name
+  where t.name = job_type;
+
+  if v_type_id is null then
+    perform pgxjob_resolve_job_target(job_type, group_name);
+  end if;
 
   if run_at is null or run_at <= now() then
     insert into pgxjob_asap_jobs (group_id, type_id, params)
-    values (v_target.group_id, v_target.type_id, params)
+    values (v_group_id, v_type_id, params)
     returning id into v_id;
 
-    perform pg_notify('pgxjob_job_available', v_target.resolved_group_name);
+    perform pg_notify('pgxjob_job_available', v_group_name);
   else
     insert into pgxjob_run_at_jobs (run_at, next_run_at, group_id, type_id, params)
-    values (run_at, run_at, v_target.group_id, v_target.type_id, params)
+    values (run_at, run_at, v_group_id, v_type_id, params)
     returning id into v_id;
 
     -- Lets idle workers of the group move their wake-up earlier (one per group per transaction).
-    perform pg_notify('pgxjob_timed_job_scheduled', v_target.resolved_group_name);
+    perform pg_notify('pgxjob_timed_job_scheduled', v_group_name);
   end if;
 
   return v_id;

@@ -1,0 +1,155 @@
+"""Benchmark driver for pgxjob (thread workers over psycopg 3). Run in .bench/pgxjob's venv."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from typing import Any
+
+import common
+import psycopg
+
+import pgxjob
+
+
+def noop(job: pgxjob.Job) -> None:
+    common.COUNTER.hit(job.params)
+
+
+NOOP = pgxjob.JobTypeConfig("noop", run_job=noop)
+
+
+def scheduler(dsn: str) -> pgxjob.Scheduler:
+    sched = pgxjob.Scheduler(dsn, job_types=[NOOP])
+    sched.wait_ready(timeout=30)
+    return sched
+
+
+def setup(dsn: str, opts: dict[str, Any]) -> None:
+    pgxjob.Scheduler(dsn).migrate()
+    scheduler(dsn).close()
+
+
+def enqueue_single(dsn: str, opts: dict[str, Any]) -> None:
+    """One job per transaction; an autocommit connection per thread, so one round trip per job."""
+    sched = scheduler(dsn)
+    threads = opts["threads"]
+    parts = common.split(opts["n"], threads)
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(threads)]
+    barrier = threading.Barrier(threads + 1)
+
+    def run(conn: psycopg.Connection[Any], n: int, base: int) -> None:
+        barrier.wait()
+        for k in range(n):
+            sched.schedule(conn, "noop", {"i": base + k})
+
+    ts = [
+        threading.Thread(target=run, args=(conns[k], parts[k], sum(parts[:k])))
+        for k in range(threads)
+    ]
+    for t in ts:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in ts:
+        t.join()
+    secs = time.perf_counter() - t0
+    for c in conns:
+        c.close()
+    sched.close()
+    common.result({"seconds": secs, "n": opts["n"]})
+
+
+def _bulk(sched: pgxjob.Scheduler, conn: psycopg.Connection[Any], opts: dict[str, Any]) -> float:
+    params = common.params_for(opts["n"])
+    run_at = None
+    if opts.get("timed_delay"):
+        run_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=opts["timed_delay"])
+    t0 = time.perf_counter()
+    for chunk in common.chunks(params, opts["batch"]):
+        with conn.transaction():
+            sched.schedule_many(conn, "noop", chunk, run_at=run_at)
+    return time.perf_counter() - t0
+
+
+def enqueue_bulk(dsn: str, opts: dict[str, Any]) -> None:
+    """schedule_many in chunks of opts['batch'], one transaction each."""
+    sched = scheduler(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        secs = _bulk(sched, conn, opts)
+    sched.close()
+    common.result({"seconds": secs, "n": opts["n"]})
+
+
+def backlog(dsn: str, opts: dict[str, Any]) -> None:
+    """Fill a backlog: opts['n'] ASAP jobs plus opts['timed'] jobs due in opts['timed_delay'] s."""
+    sched = scheduler(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        secs = _bulk(sched, conn, {"n": opts["n"], "batch": opts["batch"]})
+        if opts.get("timed"):
+            _bulk(
+                sched,
+                conn,
+                {"n": opts["timed"], "batch": opts["batch"], "timed_delay": opts["timed_delay"]},
+            )
+    sched.close()
+    common.result({"seconds": secs})
+
+
+def latency_produce(dsn: str, opts: dict[str, Any]) -> None:
+    """One job at a time, opts['gap'] s apart; reports the commit time (ASAP) or due time."""
+    sched = scheduler(dsn)
+    refs = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for i in range(opts["offset"], opts["offset"] + opts["n"]):
+            if opts.get("timed_delay"):
+                due = time.time() + opts["timed_delay"]
+                run_at = dt.datetime.fromtimestamp(due, dt.UTC)
+                sched.schedule(conn, "noop", {"i": i}, run_at=run_at)
+                refs.append((i, due))
+            else:
+                sched.schedule(conn, "noop", {"i": i})
+                refs.append((i, time.time()))
+            time.sleep(opts["gap"])
+    sched.close()
+    common.result({"refs": refs})
+
+
+def steady_produce(dsn: str, opts: dict[str, Any]) -> None:
+    """Enqueue batches for opts['duration'] s, pausing while the backlog is above opts['cap']."""
+    sched = scheduler(dsn)
+    gate = common.SteadyBacklog(opts["cap"])
+    produced = 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        end = time.time() + opts["duration"]
+        while time.time() < end:
+            if gate.due():
+                while conn.execute(opts["count_sql"]).fetchone()[0] > opts["cap"]:
+                    time.sleep(0.005)
+            sched.schedule_many(conn, "noop", common.params_for(opts["batch"], produced))
+            produced += opts["batch"]
+    sched.close()
+    common.result({"produced": produced})
+
+
+def consume(dsn: str, opts: dict[str, Any]) -> None:
+    cfg = dict(opts.get("worker", {}))
+    if not opts.get("log", True):
+        cfg["should_log_job_run"] = lambda *a: False
+    sched = scheduler(dsn)
+    holder: dict[str, Any] = {}
+
+    def start() -> None:
+        holder["w"] = sched.start_worker(**cfg)
+
+    def stop() -> None:
+        holder["w"].shutdown(timeout=30)
+        sched.close()
+
+    common.serve_consumer_sync(start, stop)
+
+
+if __name__ == "__main__":
+    mode, dsn, opts = common.parse_args()
+    globals()[mode](dsn, opts)

@@ -1,0 +1,866 @@
+# ruff: noqa: E501, RUF028
+"""Benchmark runner: pgxjob side by side with procrastinate, PgQueuer and oban-py.
+
+Runs in the bench virtualenv (.bench/bench). Each system runs in its own virtualenv under .bench/,
+through a driver script in bench/drivers/, against a fresh scratch database per workload and
+round. By default a private PostgreSQL 15 cluster is started under .bench/pgdata (so that WAL
+counts and CPU are not shared with other users of the host's server); --dsn uses another server.
+
+    python bench/run.py                 # full run (about 20 minutes on 2 cores)
+    python bench/run.py --quick         # small sizes, one round: a smoke test
+    python bench/run.py --only pgxjob,pgqueuer --workloads drain1,latency
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+WORK = ROOT / ".bench"
+DRIVERS = BENCH / "drivers"
+
+# -- sizes ------------------------------------------------------------------------------------
+
+FULL = {
+    "rounds": 3,
+    "single1_n": 2000,  # one client thread, one job per transaction
+    "single10_n": 5000,  # ten client threads (tasks for asyncio peers)
+    "n": 20000,  # bulk enqueue, drain with one and with two worker processes
+    "steady_s": 10,  # produce and consume at once
+    "latency_n": 500,
+    "latency_gap": 0.01,
+    "timed_delay": 0.5,
+    "scaling": [10000, 50000],  # one process, one round; drain1 adds the n point
+    "mixed_n": 20000,  # half ASAP, half timed, all due before the worker starts
+    "big_n": 200000,  # pgxjob only: RSS over a long drain
+}
+QUICK = {
+    "rounds": 1,
+    "single1_n": 300,
+    "single10_n": 1000,
+    "n": 3000,
+    "steady_s": 3,
+    "latency_n": 60,
+    "latency_gap": 0.01,
+    "timed_delay": 0.5,
+    "scaling": [2000, 5000],
+    "mixed_n": 3000,
+    "big_n": 10000,
+}
+
+# -- systems and their configurations ---------------------------------------------------------
+# Each configuration was chosen by a sweep (bench/RESULTS.md says which values were tried).
+
+SYSTEMS: dict[str, dict[str, Any]] = {
+    "pgxjob": {
+        "venv": "pgxjob",
+        "driver": "pgxjob_driver.py",
+        "bulk_batch": 5000,
+        "consume": {
+            "log": True,
+            "worker": {
+                "max_concurrent_jobs": 2,
+                "max_prefetched_jobs": 1000,
+                "max_buffered_job_results": 1000,
+                "max_buffered_job_result_age": 1.0,
+            },
+        },
+        "remaining_sql": "select (select count(*) from pgxjob_asap_jobs)"
+        " + (select count(*) from pgxjob_run_at_jobs)",
+    },
+    "pgxjob-nolog": {
+        "venv": "pgxjob",
+        "driver": "pgxjob_driver.py",
+        "same_enqueue_as": "pgxjob",
+        "bulk_batch": 5000,
+        "consume": {
+            "log": False,
+            "worker": {
+                "max_concurrent_jobs": 2,
+                "max_prefetched_jobs": 1000,
+                "max_buffered_job_results": 1000,
+                "max_buffered_job_result_age": 1.0,
+            },
+        },
+        "remaining_sql": "select (select count(*) from pgxjob_asap_jobs)"
+        " + (select count(*) from pgxjob_run_at_jobs)",
+    },
+    # pgxjob's start_worker defaults, run log on: shows what the tuning above is worth.
+    "pgxjob-defaults": {
+        "venv": "pgxjob",
+        "driver": "pgxjob_driver.py",
+        "same_enqueue_as": "pgxjob",
+        "only": ["drain1", "drain2", "steady"],
+        "bulk_batch": 5000,
+        "consume": {"log": True, "worker": {}},
+        "remaining_sql": "select (select count(*) from pgxjob_asap_jobs)"
+        " + (select count(*) from pgxjob_run_at_jobs)",
+    },
+    "pgqueuer": {
+        "venv": "pgqueuer",
+        "driver": "pgqueuer_driver.py",
+        "bulk_batch": 5000,
+        "consume": {"batch_size": 100, "max_concurrent_tasks": 0},
+        "remaining_sql": "select count(*) from pgqueuer",
+    },
+    "oban": {
+        "venv": "oban",
+        "python": ["python3.13", "python3.12", "python3.14"],
+        "driver": "oban_driver.py",
+        "bulk_batch": 5000,
+        "consume": {"limit": 100, "pool_max": 10, "stage_interval": 0.1},
+        "remaining_sql": "select count(*) from oban_jobs"
+        " where state in ('available', 'scheduled', 'executing', 'retryable')",
+    },
+    "procrastinate": {
+        "venv": "procrastinate",
+        "driver": "procrastinate_driver.py",
+        "bulk_batch": 5000,
+        "max_n": 5000,  # about 200 jobs/s here: larger backlogs do not fit the time budget
+        "consume": {"concurrency": 10, "polling": 0.1, "delete_jobs": "successful"},
+        "remaining_sql": "select count(*) from procrastinate_jobs where status in ('todo', 'doing')",
+    },
+    "bare": {
+        "venv": "pgxjob",
+        "driver": "bare_driver.py",
+        "enqueue_only": True,
+        "bulk_batch": 5000,
+        "remaining_sql": "select 0",
+    },
+}
+
+ALL_WORKLOADS = ["single", "drain1", "drain2", "steady", "latency", "scaling", "mixed", "big"]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- virtualenvs -------------------------------------------------------------------------------
+
+
+def venv_python(name: str) -> Path:
+    return WORK / name / "bin" / "python"
+
+
+def find_python(names: list[str]) -> str:
+    """The first interpreter among `names` (or pyenv's installs of them) that really runs."""
+    cands: list[str] = []
+    for name in names:
+        if shutil.which(name):
+            cands.append(shutil.which(name) or name)
+        ver = name.removeprefix("python")
+        cands += sorted(str(p) for p in Path("/root/.pyenv/versions").glob(f"{ver}*/bin/python"))
+        cands += [f"/usr/bin/{name}", f"/usr/local/bin/{name}"]
+    for c in cands:
+        ok = subprocess.run([c, "-c", "import venv"], capture_output=True, check=False)
+        if Path(c).exists() and ok.returncode == 0:
+            return c
+    raise SystemExit(f"none of {names} found: oban-py needs Python 3.12 or newer")
+
+
+def ensure_venv(system: str) -> None:
+    spec = SYSTEMS[system]
+    name = spec["venv"]
+    req = BENCH / "requirements" / f"{name}.txt"
+    stamp = WORK / name / ".bench-installed"
+    want = req.read_text() + ("editable:" + str(ROOT) if name == "pgxjob" else "")
+    if stamp.exists() and stamp.read_text() == want and venv_python(name).exists():
+        return
+    base = sys.executable
+    if "python" in spec:
+        base = find_python(spec["python"])
+    log(f"installing {name} into .bench/{name} with {base}")
+    subprocess.run([base, "-m", "venv", str(WORK / name)], check=True)
+    pip = [str(venv_python(name)), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "-r", str(req)], check=True)
+    if name == "pgxjob":
+        subprocess.run([*pip, "-e", str(ROOT)], check=True)
+    stamp.write_text(want)
+
+
+def versions(system: str) -> dict[str, str]:
+    out = subprocess.run(
+        [str(venv_python(SYSTEMS[system]["venv"])), "-m", "pip", "list", "--format=json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    keep = {"pgxjob", "procrastinate", "pgqueuer", "oban", "psycopg", "psycopg-binary",
+            "psycopg-pool", "asyncpg"}  # fmt: skip
+    vers = {p["name"].lower(): p["version"] for p in json.loads(out)}
+    py = subprocess.run(
+        [
+            str(venv_python(SYSTEMS[system]["venv"])),
+            "-c",
+            "import sys; print(sys.version.split()[0])",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    return {"python": py, **{k: v for k, v in sorted(vers.items()) if k in keep}}
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+class PrivateCluster:
+    """A throwaway PostgreSQL cluster under .bench/pgdata, owned by the postgres OS user."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.data = WORK / "pgdata"
+        self.bindir = self._bindir()
+
+    @staticmethod
+    def _bindir() -> Path:
+        for v in ("17", "16", "15", "14"):
+            p = Path(f"/usr/lib/postgresql/{v}/bin")
+            if (p / "initdb").exists():
+                return p
+        raise SystemExit("no PostgreSQL server binaries found; pass --dsn")
+
+    def _as_pg(self, *cmd: str) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", "postgres", "--", *cmd]
+        return list(cmd)
+
+    def start(self) -> str:
+        if not (self.data / "PG_VERSION").exists():
+            self.data.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                shutil.chown(self.data, "postgres", "postgres")
+            subprocess.run(
+                self._as_pg(
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ),  # fmt: skip
+                check=True,
+                capture_output=True,
+            )
+            with open(self.data / "postgresql.conf", "a") as f:
+                f.write(
+                    "\n# pgxjob bench: same defaults as a stock server, plus room for the runs\n"
+                    f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
+                    f"unix_socket_directories = '{self.data}'\n"
+                    "max_connections = 200\nshared_buffers = 256MB\n"
+                    "max_wal_size = 4GB\ncheckpoint_timeout = 30min\n"
+                    "shared_preload_libraries = 'pg_stat_statements'\n"
+                    "pg_stat_statements.track = 'none'\n"
+                )
+        subprocess.run(
+            self._as_pg(
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-w",
+                "-l",
+                str(self.data / "server.log"),
+                "start",
+            ),  # fmt: skip
+            check=False,
+            capture_output=True,
+        )
+        return f"host=127.0.0.1 port={self.port} user=postgres"
+
+    def stop(self) -> None:
+        subprocess.run(
+            self._as_pg(
+                str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "-m", "fast", "stop"
+            ),
+            check=False,
+            capture_output=True,
+        )
+
+
+class Server:
+    def __init__(self, base_dsn: str) -> None:
+        self.base = base_dsn
+        self.counter = 0
+
+    def dsn(self, db: str) -> str:
+        return f"{self.base} dbname={db}"
+
+    def admin(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.dsn("postgres"), autocommit=True)
+
+    def fresh(self, tag: str) -> str:
+        self.counter += 1
+        db = f"bench_{tag.replace('-', '_')}"
+        with self.admin() as c:
+            c.execute(f"drop database if exists {db} with (force)")
+            c.execute(f"create database {db}")
+        return db
+
+    def drop(self, db: str) -> None:
+        with self.admin() as c:
+            c.execute(f"drop database if exists {db} with (force)")
+
+    def version(self) -> str:
+        with self.admin() as c:
+            return c.execute("select version()").fetchone()[0]
+
+    def settings(self) -> dict[str, str]:
+        names = ["shared_buffers", "synchronous_commit", "fsync", "wal_level", "max_wal_size",
+                 "checkpoint_timeout", "autovacuum"]  # fmt: skip
+        with self.admin() as c:
+            return {n: c.execute(f"show {n}").fetchone()[0] for n in names}
+
+
+def lsn(conn: psycopg.Connection[Any]) -> str:
+    return conn.execute("select pg_current_wal_lsn()::text").fetchone()[0]
+
+
+def wal_since(conn: psycopg.Connection[Any], start: str) -> int:
+    return int(
+        conn.execute("select pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", [start]).fetchone()[0]
+    )
+
+
+def table_stats(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    row = conn.execute(
+        "select coalesce(sum(n_dead_tup), 0), coalesce(sum(n_tup_upd), 0),"
+        " coalesce(sum(n_tup_hot_upd), 0), coalesce(sum(n_tup_del), 0),"
+        " coalesce(sum(autovacuum_count), 0), coalesce(sum(n_live_tup), 0)"
+        " from pg_stat_user_tables"
+    ).fetchone()
+    return dict(
+        zip(["dead", "upd", "hot_upd", "del", "autovacuums", "live"], map(int, row), strict=True)
+    )
+
+
+# -- drivers --------------------------------------------------------------------------------------
+
+
+def driver_cmd(system: str, mode: str, dsn: str, opts: dict[str, Any]) -> list[str]:
+    spec = SYSTEMS[system]
+    return [
+        str(venv_python(spec["venv"])),
+        str(DRIVERS / spec["driver"]),
+        mode,
+        dsn,
+        json.dumps(opts),
+    ]
+
+
+def run_driver(
+    system: str, mode: str, dsn: str, opts: dict[str, Any], timeout: float = 600
+) -> dict[str, Any]:
+    proc = subprocess.run(
+        driver_cmd(system, mode, dsn, opts),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(DRIVERS)},
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    if proc.returncode != 0 or mode != "setup":
+        raise RuntimeError(f"{system} {mode} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return {}
+
+
+class Consumer:
+    """One worker process of a system, driven over the consumer protocol of drivers/common.py."""
+
+    def __init__(self, system: str, dsn: str, opts: dict[str, Any], record: bool = False) -> None:
+        env = {**os.environ, "PYTHONPATH": str(DRIVERS)}
+        if record:
+            env["BENCH_RECORD"] = "1"
+        self.errfile = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed with the process)
+        self.proc = subprocess.Popen(
+            driver_cmd(system, "consume", dsn, opts),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.errfile,
+            text=True,
+            bufsize=1,
+            env=env,
+        )
+        self.count = 0
+        self.t_last = 0.0
+        self.ready = threading.Event()
+        self.done: dict[str, Any] | None = None
+        self.finished = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout
+        for line in self.proc.stdout:
+            if line.startswith("C "):
+                _, c, t = line.split()
+                self.count, self.t_last = int(c), float(t)
+            elif line.startswith("READY"):
+                self.ready.set()
+            elif line.startswith("DONE "):
+                self.done = json.loads(line[5:])
+        self.finished.set()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        if not self.ready.wait(timeout):
+            raise RuntimeError(f"consumer not ready: {self.stderr()}")
+
+    def send(self, word: str) -> None:
+        assert self.proc.stdin
+        self.proc.stdin.write(word + "\n")
+        self.proc.stdin.flush()
+
+    def stop(self, timeout: float = 60) -> dict[str, Any]:
+        with contextlib.suppress(BrokenPipeError):
+            self.send("STOP")
+        if not self.finished.wait(timeout):
+            self.proc.kill()
+        self.proc.wait(10)
+        if self.done is None:
+            raise RuntimeError(f"consumer gave no result: {self.stderr()}")
+        return self.done
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stderr(self) -> str:
+        self.errfile.seek(0)
+        return self.errfile.read()[-3000:]
+
+
+def consumers(system: str, dsn: str, procs: int, record: bool = False) -> list[Consumer]:
+    cs = [Consumer(system, dsn, SYSTEMS[system]["consume"], record) for _ in range(procs)]
+    for c in cs:
+        c.wait_ready()
+    return cs
+
+
+def wait_count(cs: list[Consumer], n: int, timeout: float) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if sum(c.count for c in cs) >= n:
+            return True
+        if any(c.proc.poll() is not None for c in cs):
+            raise RuntimeError("consumer died: " + " | ".join(c.stderr() for c in cs))
+        time.sleep(0.002)
+    return False
+
+
+def drain(
+    system: str, server: Server, db: str, n: int, procs: int, *, timeout: float
+) -> dict[str, Any]:
+    """Start `procs` worker processes on a ready backlog of n jobs; time until handled and acked."""
+    dsn = server.dsn(db)
+    remaining_sql = SYSTEMS[system]["remaining_sql"]
+    cs = consumers(system, dsn, procs)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            t0 = time.time()
+            for c in cs:
+                c.send("GO")
+            if not wait_count(cs, n, timeout):
+                return {
+                    "error": f"timeout after {timeout:.0f}s, {sum(c.count for c in cs)}/{n} handled"
+                }
+            t_handled = max(c.t_last for c in cs)
+            while conn.execute(remaining_sql).fetchone()[0] > 0:
+                if time.time() - t0 > timeout + 30:
+                    return {"error": "handled but never acknowledged"}
+                time.sleep(0.005)
+            t_acked = time.time()
+        dones = [c.stop() for c in cs]
+    finally:
+        for c in cs:
+            c.kill()
+    return {
+        "handled_s": t_handled - t0,
+        "acked_s": t_acked - t0,
+        "rate_handled": n / (t_handled - t0),
+        "rate": n / (t_acked - t0),
+        "peak_rss_kb": max(d["peak_rss_kb"] for d in dones),
+        "rss_trace": dones[0]["rss_trace"],
+        "count": sum(d["count"] for d in dones),
+    }
+
+
+def drain_timeout(n: int) -> float:
+    return max(60.0, n / 300.0)
+
+
+# -- workloads ----------------------------------------------------------------------------------
+
+
+def w_single(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
+    db = server.fresh(system)
+    dsn = server.dsn(db)
+    run_driver(system, "setup", dsn, {})
+    out = {}
+    for threads, n in ((1, sz["single1_n"]), (10, sz["single10_n"])):
+        r = run_driver(system, "enqueue_single", dsn, {"n": n, "threads": threads})
+        out[f"single{threads}"] = n / r["seconds"]
+    server.drop(db)
+    return out
+
+
+def cap(system: str, n: int) -> int:
+    return min(n, SYSTEMS[system].get("max_n", n))
+
+
+def w_drain1(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
+    """Bulk enqueue n jobs (timed), then drain them with one worker process; WAL and dead tuples."""
+    spec = SYSTEMS[system]
+    n = cap(system, sz["n"])
+    db = server.fresh(system)
+    dsn = server.dsn(db)
+    run_driver(system, "setup", dsn, {})
+    out: dict[str, Any] = {"drain_n": n}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("checkpoint")
+        start = lsn(conn)
+        r = run_driver(system, "enqueue_bulk", dsn, {"n": n, "batch": spec["bulk_batch"]})
+        out["bulk"] = n / r["seconds"]
+        out["wal_enqueue_per_job"] = wal_since(conn, start) / n
+        if not spec.get("enqueue_only"):
+            mid = lsn(conn)
+            d = drain(system, server, db, n, 1, timeout=drain_timeout(n))
+            if "error" in d:
+                out["drain1_error"] = d["error"]
+            else:
+                out["wal_drain_per_job"] = wal_since(conn, mid) / n
+                out["wal_per_job"] = out["wal_enqueue_per_job"] + out["wal_drain_per_job"]
+                out["drain1"] = d["rate"]
+                out["drain1_handled"] = d["rate_handled"]
+                out["peak_rss_mb"] = d["peak_rss_kb"] / 1024
+                time.sleep(1.2)
+                st = table_stats(conn)
+                out["dead_left_per_100k"] = st["dead"] / n * 100000
+                out["dead_made_per_100k"] = (st["upd"] + st["del"]) / n * 100000
+                out["autovacuums"] = st["autovacuums"]
+    server.drop(db)
+    return out
+
+
+def backlog(system: str, dsn: str, n: int, timed: int = 0, timed_delay: float = 0) -> None:
+    run_driver(
+        system,
+        "backlog",
+        dsn,
+        {
+            "n": n,
+            "batch": SYSTEMS[system]["bulk_batch"],
+            "timed": timed,
+            "timed_delay": timed_delay,
+        },
+    )
+
+
+def w_drain2(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
+    db = server.fresh(system)
+    dsn = server.dsn(db)
+    run_driver(system, "setup", dsn, {})
+    n = cap(system, sz["n"])
+    backlog(system, dsn, n)
+    d = drain(system, server, db, n, 2, timeout=drain_timeout(n))
+    server.drop(db)
+    if "error" in d:
+        return {"drain2_error": d["error"]}
+    return {"drain2": d["rate"], "drain2_handled": d["rate_handled"]}
+
+
+def w_scaling(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for n in sz["scaling"]:
+        if n > cap(system, n):
+            continue
+        db = server.fresh(system)
+        dsn = server.dsn(db)
+        run_driver(system, "setup", dsn, {})
+        backlog(system, dsn, n)
+        d = drain(system, server, db, n, 1, timeout=drain_timeout(n))
+        server.drop(db)
+        out[f"drain_{n}"] = d.get("rate")
+    return out
+
+
+def w_mixed(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
+    """Half ASAP, half timed jobs that have all fallen due before the worker starts."""
+    n = cap(system, sz["mixed_n"])
+    db = server.fresh(system)
+    dsn = server.dsn(db)
+    run_driver(system, "setup", dsn, {})
+    delay = 3.0
+    t = time.time()
+    backlog(system, dsn, n // 2, timed=n - n // 2, timed_delay=delay)
+    time.sleep(max(0.0, t + delay + 0.2 - time.time()))
+    d = drain(system, server, db, n, 1, timeout=drain_timeout(n))
+    server.drop(db)
+    return {"mixed": d.get("rate"), "mixed_error": d.get("error")}
+
+
+def w_steady(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
+    """One producer process (batches of 100, backlog capped at 2,000) and one worker process."""
+    db = server.fresh(system)
+    dsn = server.dsn(db)
+    run_driver(system, "setup", dsn, {})
+    cs = consumers(system, dsn, 1)
+    try:
+        cs[0].send("GO")
+        time.sleep(0.5)
+        c0 = cs[0].count
+        t0 = time.time()
+        r = run_driver(
+            system,
+            "steady_produce",
+            dsn,
+            {
+                "duration": sz["steady_s"],
+                "batch": 100,
+                "cap": 2000,
+                "count_sql": SYSTEMS[system]["remaining_sql"],
+            },  # fmt: skip
+        )
+        c1 = cs[0].count
+        t1 = time.time()
+        cs[0].stop()
+    finally:
+        for c in cs:
+            c.kill()
+    server.drop(db)
+    return {"steady": (c1 - c0) / (t1 - t0), "steady_produced": r["produced"] / sz["steady_s"]}
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
+    return s[k]
+
+
+OFFSET = {"asap": 0, "timed": 1_000_000}
+
+
+def w_latency(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
+    """ASAP: commit to handler start, idle worker. Timed: due time to handler start."""
+    db = server.fresh(system)
+    dsn = server.dsn(db)
+    run_driver(system, "setup", dsn, {})
+    n = sz["latency_n"]
+    out: dict[str, Any] = {}
+    cs = consumers(system, dsn, 1, record=True)
+    try:
+        cs[0].send("GO")
+        time.sleep(1.0)
+        refs = {}
+        for kind, delay in (("asap", None), ("timed", sz["timed_delay"])):
+            before = cs[0].count
+            r = run_driver(system, "latency_produce", dsn, {"n": n, "gap": sz["latency_gap"],
+                                                            "timed_delay": delay,
+                                                            "offset": OFFSET[kind]})  # fmt: skip
+            refs[kind] = dict((int(i), t) for i, t in r["refs"])
+            if not wait_count(cs, before + n, 30):
+                out[f"{kind}_error"] = "not all jobs ran within 30 s"
+            time.sleep(0.3)
+        done = cs[0].stop()
+    finally:
+        for c in cs:
+            c.kill()
+    server.drop(db)
+    starts = [(int(i), t) for i, t in done["records"]]
+    asap_starts = [(i, t) for i, t in starts if i < OFFSET["timed"]]
+    timed_starts = [(i, t) for i, t in starts if i >= OFFSET["timed"]]
+    for kind, st in (("asap", asap_starts), ("timed", timed_starts)):
+        lat = [(t - refs[kind][i]) * 1000 for i, t in st if i in refs[kind]]
+        if lat:
+            out[f"{kind}_p50"] = pct(lat, 50)
+            out[f"{kind}_p99"] = pct(lat, 99)
+            out[f"{kind}_max"] = max(lat)
+            out[f"{kind}_all"] = lat
+    return out
+
+
+def w_big(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
+    n = sz["big_n"]
+    db = server.fresh(system)
+    dsn = server.dsn(db)
+    run_driver(system, "setup", dsn, {})
+    backlog(system, dsn, n)
+    d = drain(system, server, db, n, 1, timeout=drain_timeout(n) * 2)
+    server.drop(db)
+    return {"big_rate": d.get("rate"), "big_rss_trace": d.get("rss_trace"),
+            "big_peak_rss_mb": (d.get("peak_rss_kb") or 0) / 1024}  # fmt: skip
+
+
+WORKLOADS = {
+    "single": w_single,
+    "drain1": w_drain1,
+    "drain2": w_drain2,
+    "steady": w_steady,
+    "latency": w_latency,
+    "scaling": w_scaling,
+    "mixed": w_mixed,
+    "big": w_big,
+}
+
+
+def applies(system: str, workload: str) -> bool:
+    spec = SYSTEMS[system]
+    if spec.get("enqueue_only"):
+        return workload in ("single", "drain1")
+    if spec.get("same_enqueue_as") and workload == "single":
+        return False
+    if "only" in spec:
+        return workload in spec["only"]
+    if workload == "big":
+        return system.startswith("pgxjob")
+    return True
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) // 1024
+    return {"cpu": model, "cores": os.cpu_count(), "mem_mb": mem, "kernel": platform.release(),
+            "runner_python": platform.python_version()}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="small sizes and one round")
+    ap.add_argument("--rounds", type=int)
+    ap.add_argument("--only", help="comma-separated systems")
+    ap.add_argument("--workloads", help="comma-separated: " + ",".join(ALL_WORKLOADS))
+    ap.add_argument("--dsn", default=os.environ.get("BENCH_DSN"),
+                    help="base libpq DSN (no dbname) of a server to use instead of a private cluster")  # fmt: skip
+    ap.add_argument("--port", type=int, default=55432)
+    ap.add_argument("--out", default=str(BENCH / "results.json"))
+    ap.add_argument("--no-report", action="store_true", help="write the JSON only")
+    ap.add_argument("--set", action="append", default=[], help="override a size, e.g. n=50000")
+    ap.add_argument("--config", action="append", default=[],
+                    help="override a consumer option, e.g. pgqueuer.batch_size=10 or pgxjob.worker.max_concurrent_jobs=1")  # fmt: skip
+    args = ap.parse_args()
+    for kv in args.config:
+        path, v = kv.split("=", 1)
+        parts = path.split(".")
+        target = SYSTEMS[parts[0]]["consume"]
+        for p in parts[1:-1]:
+            target = target[p]
+        target[parts[-1]] = json.loads(v)
+
+    sz = dict(QUICK if args.quick else FULL)
+    if os.environ.get("BENCH_QUICK") == "1":
+        sz = dict(QUICK)
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        sz[k] = json.loads(v)
+    if args.rounds:
+        sz["rounds"] = args.rounds
+    systems = args.only.split(",") if args.only else list(SYSTEMS)
+    workloads = args.workloads.split(",") if args.workloads else ALL_WORKLOADS
+
+    (WORK / "scratch").mkdir(parents=True, exist_ok=True)
+    for s in systems:
+        ensure_venv(s)
+    cluster = None
+    if args.dsn:
+        base = args.dsn
+    else:
+        cluster = PrivateCluster(args.port)
+        base = cluster.start()
+    server = Server(base)
+    started = time.time()
+    raw: dict[str, dict[str, list[Any]]] = {s: {} for s in systems}
+    loads: list[float] = []
+    try:
+        for rnd in range(sz["rounds"]):
+            order = systems[rnd % len(systems) :] + systems[: rnd % len(systems)]
+            for wl in workloads:
+                for s in order:
+                    if not applies(s, wl) or (wl in ("big", "scaling") and rnd > 0):
+                        continue
+                    loads.append(os.getloadavg()[0])
+                    log(f"round {rnd + 1}/{sz['rounds']} {wl} {s} (load {loads[-1]:.1f})")
+                    try:
+                        res = WORKLOADS[wl](s, server, sz)
+                    except Exception as e:  # a peer failing must not stop the others
+                        log(f"  FAILED: {e}")
+                        res = {f"{wl}_error": str(e)[:500]}
+                    short = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in res.items()
+                             if not isinstance(v, list)}  # fmt: skip
+                    log(f"  {short}")
+                    for k, v in res.items():
+                        raw[s].setdefault(k, []).append(v)
+    finally:
+        if cluster:
+            cluster.stop()
+
+    summary: dict[str, dict[str, Any]] = {}
+    for s, metrics in raw.items():
+        summary[s] = {}
+        for k, vals in metrics.items():
+            nums = [v for v in vals if isinstance(v, (int, float)) and v is not None]
+            if k.endswith("_all") or k.endswith("_trace"):
+                summary[s][k] = vals[0] if len(vals) == 1 else max(vals, key=lambda x: len(x or []))
+            elif nums and len(nums) == len([v for v in vals if v is not None]):
+                summary[s][k] = statistics.median(nums)
+                summary[s][k + "__runs"] = nums
+            else:
+                summary[s][k] = vals[-1]
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "elapsed_s": round(time.time() - started),
+        "sizes": sz,
+        "machine": machine(),
+        "postgres": server.version() if not cluster else None,
+        "configs": {
+            s: {k: v for k, v in SYSTEMS[s].items() if k not in ("remaining_sql",)} for s in systems
+        },
+        "versions": {s: versions(s) for s in systems},
+        "private_cluster": cluster is not None,
+        "load": {"median": statistics.median(loads), "max": max(loads)} if loads else None,
+    }
+    if cluster:
+        base = cluster.start()
+        server = Server(base)
+        meta["postgres"] = server.version()
+        meta["pg_settings"] = server.settings()
+        cluster.stop()
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": summary}, indent=1))
+    log(f"wrote {args.out} in {meta['elapsed_s']} s")
+    if not args.no_report:
+        subprocess.run([sys.executable, str(BENCH / "report.py"), args.out], check=False)
+
+
+if __name__ == "__main__":
+    main()
