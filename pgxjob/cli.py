@@ -63,6 +63,10 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+class DurationTooLongError(ValueError):
+    """A duration that parses but does not fit a timedelta."""
+
+
 def parse_duration(text: str) -> dt.timedelta:
     """Parse a duration such as ``30s``, ``5m``, ``1h30m``, ``2.5h``, ``30d`` or ``1w``.
 
@@ -81,7 +85,12 @@ def parse_duration(text: str) -> dt.timedelta:
             f"cannot parse duration {text!r}: use a number with a unit (ms, s, m, h, d, w), "
             "for example 30s, 5m, 1h30m or 30d"
         )
-    return dt.timedelta(seconds=total)
+    try:
+        return dt.timedelta(seconds=total)
+    except OverflowError:
+        raise DurationTooLongError(
+            f"duration {text!r} is too long: use at most 999999999 days"
+        ) from None
 
 
 def parse_run_at(text: str) -> tuple[dt.datetime | None, dt.timedelta | None]:
@@ -104,6 +113,8 @@ def parse_run_at(text: str) -> tuple[dt.datetime | None, dt.timedelta | None]:
     if relative and not re.match(r"^\d{4}-", relative):
         try:
             return None, parse_duration(relative)
+        except DurationTooLongError as exc:
+            raise ValueError(f"cannot use --run-at {text!r}: {exc}") from None
         except ValueError:
             pass
     try:
@@ -114,7 +125,13 @@ def parse_run_at(text: str) -> tuple[dt.datetime | None, dt.timedelta | None]:
             "2030-01-31T09:00:00Z, a delay such as +10m or 'in 2h', or now"
         ) from None
     if when.tzinfo is None:
-        when = when.astimezone()
+        try:
+            when = when.astimezone()
+        except (ValueError, OverflowError):
+            raise ValueError(
+                f"cannot use --run-at {text!r} as local time; give it an offset, "
+                "for example 0001-01-01T00:00:00Z"
+            ) from None
     return when, None
 
 
@@ -124,13 +141,22 @@ def _params_json(text: str | None) -> str | None:
     if text == "-":
         text = sys.stdin.read()
     try:
-        json.loads(text)
+        json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise UsageError(
             f"PARAMS_JSON is not valid JSON ({exc.msg} at line {exc.lineno} column "
             f"{exc.colno}): pass one JSON value, for example '{{\"order_id\": 42}}'"
         ) from None
+    except RecursionError:
+        # Too deep for Python's parser, maybe not for PostgreSQL's: it decides (cmd_schedule).
+        pass
+    except ValueError as exc:
+        raise UsageError(f"PARAMS_JSON is not usable JSON: {exc}") from None
     return text
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON; PostgreSQL's json type rejects it")
 
 
 # -- argument parser ------------------------------------------------------------------------------
@@ -140,7 +166,12 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
+        # One line, whatever argparse put in the message (an argument may hold a newline).
+        message = " ".join(message.split())
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+_MAX_INT = 2**31 - 1  # PostgreSQL's int
 
 
 def _positive_int(text: str) -> int:
@@ -150,6 +181,8 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    if value > _MAX_INT:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at most {_MAX_INT}")
     return value
 
 
@@ -160,6 +193,8 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    if value > _MAX_INT:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at most {_MAX_INT}")
     return value
 
 
@@ -505,6 +540,13 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             )
         except PgxjobError as exc:
             raise CommandError(str(exc)) from exc
+        except (
+            psycopg.errors.InvalidTextRepresentation,
+            psycopg.errors.StatementTooComplex,
+        ) as exc:
+            # Only PARAMS_JSON is cast here; PostgreSQL refused it (bad or too deeply nested).
+            reason = (exc.diag.message_primary or str(exc)).strip()
+            raise UsageError(f"PARAMS_JSON is not usable JSON: {reason}") from None
     print(job_id)
     _note(args, f"scheduled {args.job_type} job {job_id} in {db.describe()}")
     return EXIT_OK
