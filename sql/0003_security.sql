@@ -8,8 +8,10 @@
 -- (set search_path from current), which security definer requires: pg_catalog is searched first,
 -- pg_temp last and never for functions, and the caller's search_path is not used, so no object a
 -- caller creates can stand in for a table, a function or an operator these functions use.
--- The loop also covers functions that later migrations add before this one runs again in a fresh
--- database; it skips the few that touch no table or must keep the caller's rights:
+-- The loop covers the functions of 0001 and 0002. A later migration runs after this one, also in
+-- a fresh database, so each function it creates must say `security definer` itself and revoke
+-- EXECUTE from PUBLIC (tests_sql/security.sql checks every pgxjob function for both). The loop
+-- skips the few that touch no table or must keep the caller's rights:
 --   pgxjob_linear_backoff       pure arithmetic;
 --   pgxjob_resolve_job_target   internal, only called by security definer functions;
 --   pgxjob_grant_*              run GRANT as the administrator who calls them (created below).
