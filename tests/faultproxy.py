@@ -8,6 +8,7 @@ restart does) and refuse new ones until it is told to resume.
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import struct
@@ -33,7 +34,14 @@ class FaultProxy:
     def __init__(self, upstream_conninfo: str) -> None:
         params = conninfo_to_dict(upstream_conninfo)
         self._upstream_conninfo = upstream_conninfo
-        self._upstream = (str(params.get("host") or "127.0.0.1"), int(params.get("port") or 5432))
+        host = str(params.get("host") or "127.0.0.1")
+        port = int(params.get("port") or 5432)
+        # A host that is a directory is a Unix socket directory (the embedded server has no TCP
+        # port): forward to its socket file instead.
+        self._upstream_unix = (
+            os.path.join(host, f".s.PGSQL.{port}") if host.startswith("/") else None
+        )
+        self._upstream = (host, port)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -119,7 +127,7 @@ class FaultProxy:
                 _reset(client)
                 continue
             try:
-                server = socket.create_connection(self._upstream, timeout=5.0)
+                server = self._connect_upstream()
                 server.settimeout(None)
             except OSError:
                 _reset(client)
@@ -140,6 +148,18 @@ class FaultProxy:
                 self.refused += 1
                 _reset(client)
                 _reset(server)
+
+    def _connect_upstream(self) -> socket.socket:
+        if self._upstream_unix is None:
+            return socket.create_connection(self._upstream, timeout=5.0)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5.0)
+        try:
+            sock.connect(self._upstream_unix)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def _pump(self, pair: tuple[socket.socket, socket.socket]) -> None:
         client, server = pair
