@@ -81,11 +81,15 @@ def _load_pgtap(conninfo: str) -> str | None:
 
 def main() -> int:
     if shutil.which("pg_prove") is None:
-        print(
-            "run_pgtap: pg_prove is not installed; install libtap-parser-sourcehandler-pgtap-perl "
-            "and postgresql-15-pgtap (see .ci/run)",
-            file=sys.stderr,
+        problem = (
+            "pg_prove is not installed; install libtap-parser-sourcehandler-pgtap-perl and "
+            "postgresql-15-pgtap (see .ci/run)"
         )
+        if not os.environ.get("CI"):
+            # A developer's machine without pgTAP still runs the Python suite; CI never skips.
+            print(f"run_pgtap: SKIPPED the pgTAP suite: {problem}", file=sys.stderr)
+            return 0
+        print(f"run_pgtap: {problem}", file=sys.stderr)
         return 1
     files = sorted(HERE.glob("*.sql"))
     if not files:
