@@ -38,12 +38,19 @@ def dump_schema() -> str:
         raise SystemExit("schema_snapshot: pg_dump is not on PATH; install the PostgreSQL client")
     with scratch_database("pgxjob_schema") as conninfo:
         migrate(conninfo)
-        dump = subprocess.run(
+        proc = subprocess.run(
             [pg_dump, "--schema-only", "--no-owner", "--no-privileges", "--dbname", conninfo],
-            check=True,
             capture_output=True,
             text=True,
-        ).stdout
+        )
+    if proc.returncode != 0:
+        # The snapshot is made on PostgreSQL 15 with its pg_dump: an older pg_dump refuses a
+        # newer server (the embedded one), and another version would dump differently anyway.
+        raise SystemExit(
+            f"schema_snapshot: pg_dump failed: {proc.stderr.strip()}; set DATABASE_URL to a "
+            "PostgreSQL 15 server (the snapshot is made with PostgreSQL 15's pg_dump)"
+        )
+    dump = proc.stdout
     lines = [line for line in dump.splitlines() if not _UNSTABLE.match(line)]
     text = "\n".join(lines)
     # Dropping lines can leave runs of blank lines; keep at most one.
