@@ -79,3 +79,55 @@ def test_a_busy_worker_buffers_results_until_the_batch_is_full(url: str) -> None
         assert worker.shutdown(10)
     finally:
         scheduler.close()
+
+
+def test_a_scheduler_on_the_applications_pool_runs_jobs_and_returns_connections_as_lent(
+    url: str,
+) -> None:
+    from psycopg_pool import ConnectionPool
+
+    ran = threading.Event()
+    with ConnectionPool(url, min_size=1, max_size=8, open=True) as pool:
+        scheduler = pgxjob.Scheduler(
+            pool, job_types=[pgxjob.JobTypeConfig("t", lambda j: ran.set())]
+        )
+        try:
+            worker = scheduler.start_worker(max_buffered_job_result_age=0.02)
+            with pool.connection() as conn:
+                scheduler.schedule(conn, "t", {"via": "pool"})  # commits with the pool's block
+            assert ran.wait(10)
+            assert worker.shutdown(10)
+        finally:
+            scheduler.close()
+        with pool.connection() as conn:
+            # The scheduler switched its borrowed connections to autocommit and back.
+            assert conn.autocommit is False
+            assert conn.execute("select count(*) from pgxjob_job_runs").fetchone() == (1,)
+
+
+def test_a_scheduler_on_an_acquire_conn_callable_listens_on_a_held_connection(url: str) -> None:
+    import contextlib
+
+    lent: list[int] = []
+
+    @contextlib.contextmanager
+    def acquire() -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+        with psycopg.connect(url) as conn:
+            lent.append(1)
+            yield conn
+
+    ran = threading.Event()
+    scheduler = pgxjob.Scheduler(
+        acquire, job_types=[pgxjob.JobTypeConfig("t", lambda j: ran.set())]
+    )
+    try:
+        # poll_interval 60: the job can only start promptly through the listener's NOTIFY.
+        worker = scheduler.start_worker(poll_interval=60, max_buffered_job_result_age=0.02)
+        assert worker.startup_complete.wait(10)
+        time.sleep(0.3)
+        scheduler.schedule(None, "t", None)
+        assert ran.wait(5)
+        assert worker.shutdown(10)
+        assert lent
+    finally:
+        scheduler.close()
