@@ -287,11 +287,6 @@ class Scheduler:
         self.wait_ready()
         return self._groups[name]
 
-    def job_type(self, name: str) -> JobType | None:
-        """The job type called name, if this scheduler declared it."""
-        self.wait_ready()
-        return self._types.get(name)
-
     # -- scheduling -----------------------------------------------------------------------------
 
     def schedule(
