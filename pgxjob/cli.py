@@ -174,28 +174,22 @@ class _Parser(argparse.ArgumentParser):
 _MAX_INT = 2**31 - 1  # PostgreSQL's int
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    if value > _MAX_INT:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at most {_MAX_INT}")
+    if not minimum <= value <= _MAX_INT:
+        raise argparse.ArgumentTypeError(f"{text!r} must be from {minimum} to {_MAX_INT}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    if value > _MAX_INT:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at most {_MAX_INT}")
-    return value
+    return _whole_number(text, 0)
 
 
 def _seconds(text: str) -> float:
