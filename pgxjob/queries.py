@@ -116,6 +116,11 @@ def worker_heartbeat(conn: psycopg.Connection[Any], worker_id: int) -> bool:
     return bool(_scalar(conn, "select pgxjob_worker_heartbeat(%s)", (worker_id,)))
 
 
+def reap_dead_workers(conn: psycopg.Connection[Any], reaper_id: int) -> int:
+    """Reap workers that stopped heartbeating, in a transaction of its own."""
+    return int(_scalar(conn, "select pgxjob_reap_dead_workers()", ()))
+
+
 def unregister_worker(conn: psycopg.Connection[Any], worker_id: int) -> bool:
     return bool(_scalar(conn, "select pgxjob_unregister_worker(%s)", (worker_id,)))
 
@@ -142,22 +147,32 @@ def next_run_in(conn: psycopg.Connection[Any], worker_id: int) -> dt.timedelta |
     return value
 
 
-def record_job_results(conn: psycopg.Connection[Any], results: Sequence[JobResult]) -> int:
+class RecordOutcome(NamedTuple):
+    """What pgxjob_record_job_results did with a batch."""
+
+    changed: int
+    """Jobs deleted, retried or moved."""
+    stale_job_ids: list[int]
+    """Results that changed nothing: the job is no longer owned by the reporting worker."""
+
+
+def record_job_results(
+    conn: psycopg.Connection[Any], worker_id: int, results: Sequence[JobResult]
+) -> RecordOutcome:
     columns: list[list[Any]] = [[] for _ in JobResult._fields]
     for result in results:
         for column, value in zip(columns, result, strict=True):
             column.append(value)
-    return int(
-        _scalar(
-            conn,
-            # Binary parameters (%b): psycopg dumps arrays in binary several times faster than
-            # as quoted text, which matters on the hot path of every worker.
-            "select pgxjob_record_job_results(%b::bigint[], %b::int[], %b::timestamptz[],"
-            " %b::timestamptz[], %b::text[], %b::timestamptz[], %b::int[], %b::interval[],"
-            " %b::boolean[])",
-            columns,
-        )
+    changed = _scalar(
+        conn,
+        # Binary parameters (%b): psycopg dumps arrays in binary several times faster than
+        # as quoted text, which matters on the hot path of every worker.
+        "select pgxjob_record_job_results(%b::bigint[], %b::int[], %b::timestamptz[],"
+        " %b::timestamptz[], %b::text[], %b::timestamptz[], %b::int[], %b::interval[],"
+        " %b::boolean[])",
+        columns,
     )
+    return RecordOutcome(int(changed), [])
 
 
 def prune_job_runs(conn: psycopg.Connection[Any], older_than: dt.timedelta) -> int:

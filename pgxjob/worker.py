@@ -401,7 +401,7 @@ class Worker:
                 self._flush_now = False
             try:
                 with self._scheduler.connection() as conn:
-                    queries.record_job_results(conn, batch)
+                    queries.record_job_results(conn, self._id or 0, batch)
                 self._forget_held(result.job_id for result in batch)
                 delay = 0.05
             except Exception as exc:

@@ -277,7 +277,7 @@ def test_application_role_may_execute_only_the_schedule_functions(db: Db) -> Non
         lambda c: queries.unregister_worker(c, 1),
         lambda c: queries.fetch_jobs(c, 1, 10),
         lambda c: queries.next_run_in(c, 1),
-        lambda c: queries.record_job_results(c, [result]),
+        lambda c: queries.record_job_results(c, 1, [result]),
         lambda c: queries.prune_job_runs(c, dt.timedelta(0)),
         lambda c: queries.status(c, 5),
         lambda c: queries.job_counts(c),
