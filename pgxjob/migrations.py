@@ -149,8 +149,11 @@ def _migrate(conn: psycopg.Connection[Any], schema: str) -> list[int]:
             # No parameters: psycopg sends the file with the simple query protocol, which runs
             # every statement of the file in this transaction.
             conn.execute(migration.sql.encode())
+            # From 0004 on a migration records itself too, so that a plain `psql -f` install
+            # has the same version table; the row it wrote stands.
             conn.execute(
-                "insert into pgxjob_schema_migrations (version, name) values (%s, %s)",
+                "insert into pgxjob_schema_migrations (version, name) values (%s, %s)"
+                " on conflict (version) do nothing",
                 (migration.version, migration.name),
             )
             applied_now.append(migration.version)

@@ -118,7 +118,7 @@ def worker_heartbeat(conn: psycopg.Connection[Any], worker_id: int) -> bool:
 
 def reap_dead_workers(conn: psycopg.Connection[Any], reaper_id: int) -> int:
     """Reap workers that stopped heartbeating, in a transaction of its own."""
-    return int(_scalar(conn, "select pgxjob_reap_dead_workers()", ()))
+    return int(_scalar(conn, "select pgxjob_reap_dead_workers(p_reaper_id => %s)", (reaper_id,)))
 
 
 def unregister_worker(conn: psycopg.Connection[Any], worker_id: int) -> bool:
@@ -163,16 +163,17 @@ def record_job_results(
     for result in results:
         for column, value in zip(columns, result, strict=True):
             column.append(value)
-    changed = _scalar(
-        conn,
-        # Binary parameters (%b): psycopg dumps arrays in binary several times faster than
-        # as quoted text, which matters on the hot path of every worker.
-        "select pgxjob_record_job_results(%b::bigint[], %b::int[], %b::timestamptz[],"
-        " %b::timestamptz[], %b::text[], %b::timestamptz[], %b::int[], %b::interval[],"
-        " %b::boolean[])",
-        columns,
-    )
-    return RecordOutcome(int(changed), [])
+    with translated_errors():
+        row = conn.execute(
+            # Binary parameters (%b): psycopg dumps arrays in binary several times faster than
+            # as quoted text, which matters on the hot path of every worker.
+            "select changed, stale_job_ids from pgxjob_record_job_results(%s::int,"
+            " %b::bigint[], %b::int[], %b::timestamptz[], %b::timestamptz[], %b::text[],"
+            " %b::timestamptz[], %b::int[], %b::interval[], %b::boolean[])",
+            [worker_id, *columns],
+        ).fetchone()
+    assert row is not None
+    return RecordOutcome(int(row[0]), [int(job_id) for job_id in row[1]])
 
 
 def prune_job_runs(conn: psycopg.Connection[Any], older_than: dt.timedelta) -> int:

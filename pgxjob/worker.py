@@ -424,6 +424,8 @@ class Worker:
             try:
                 with self._scheduler.connection() as conn:
                     alive = queries.worker_heartbeat(conn, worker_id)
+                    if alive:
+                        queries.reap_dead_workers(conn, worker_id)
             except Exception as exc:
                 self._scheduler.handle_error(exc)
                 continue

@@ -18,12 +18,209 @@ SET client_min_messages = warning;
 SET row_security = off;
 
 --
--- Name: pgxjob_check_name(text, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_public; Type: SCHEMA; Schema: -; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_check_name(p_kind text, p_name text) RETURNS void
-    LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+CREATE SCHEMA pgxjob_public;
+
+--
+-- Name: pgxjob_api_schema(); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_api_schema() RETURNS name
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$select 'public'::name$$;
+
+--
+-- Name: pgxjob_apply_job_results(integer, bigint[], integer[], timestamp with time zone[], timestamp with time zone[], text[], timestamp with time zone[], integer[], interval[], boolean[], timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_apply_job_results(p_worker_id integer, p_job_ids bigint[], p_error_counts integer[], p_started_at timestamp with time zone[], p_finished_at timestamp with time zone[], p_errors text[], p_retry_at timestamp with time zone[], p_backoff_max_retries integer[], p_backoff_base_delays interval[], p_log boolean[], p_now timestamp with time zone, OUT changed integer, OUT stale_job_ids bigint[]) RETURNS record
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+declare
+  v_notified bigint;
+begin
+  -- Lock order: the rows this worker still owns, ASAP table first, each in id order. The
+  -- statement below then takes no row lock it does not already hold.
+  perform
+  from pgxjob_asap_jobs j
+  where j.id = any (p_job_ids)
+    and j.worker_id = p_worker_id
+  order by j.id
+  for update;
+
+  perform
+  from pgxjob_run_at_jobs j
+  where j.id = any (p_job_ids)
+    and j.worker_id = p_worker_id
+  order by j.id
+  for update;
+
+  -- Data-modifying CTEs share one snapshot, so each job is handled by exactly one branch: a job
+  -- id appears once per batch (the last result wins), and the branches' conditions are disjoint.
+  -- Every branch requires the job to be owned by p_worker_id: the worker id is the fencing token,
+  -- and a result from a worker that was reaped (and whose job another worker may be running)
+  -- changes nothing.
+  with input as (
+    select distinct on (r.job_id)
+      r.job_id, r.error_count, r.started_at, r.finished_at, r.log,
+      r.error is not null as failed,
+      case
+        when r.error is null then null
+        when r.retry_at is not null then r.retry_at
+        when r.max_retries is null or r.base_delay is null then null
+        when r.error_count >= r.max_retries then null
+        else pgxjob_backoff_time(p_now, r.error_count, r.base_delay)
+      end as next_run_at,
+      case
+        when r.error is null then null
+        when r.retry_at is null and r.max_retries is not null and r.base_delay is not null
+          and r.error_count < r.max_retries
+          and pgxjob_backoff_time(p_now, r.error_count, r.base_delay) is null
+        then r.error || format(E'\n(pgxjob: the retry time %s + (%s + 1) * %s is out of range; '
+          'recorded as a final failure)', p_now, r.error_count, r.base_delay)
+        else r.error
+      end as error
+    from unnest(
+      p_job_ids, p_error_counts, p_started_at, p_finished_at, p_errors, p_retry_at,
+      p_backoff_max_retries, p_backoff_base_delays, p_log
+    ) with ordinality as r(
+      job_id, error_count, started_at, finished_at, error, retry_at, max_retries, base_delay,
+      log, ord
+    )
+    order by r.job_id, r.ord desc
+  ),
+  -- A retry of a job that has reached the largest error_count is a final failure.
+  decided as (
+    select i.job_id, i.error_count, i.started_at, i.finished_at, i.log, i.failed,
+      case when i.error_count < 2147483647 then i.next_run_at end as next_run_at,
+      case
+        when i.next_run_at is not null and i.error_count >= 2147483647
+        then i.error || E'\n(pgxjob: error_count cannot grow past 2147483647; recorded as a '
+          'final failure)'
+        else i.error
+      end as error
+    from input i
+  ),
+  -- Every branch restricts its table by an array of ids, so rows are found through the primary
+  -- key; a plain join to the input would let the planner hash the whole table per batch.
+  done_asap as (
+    delete from pgxjob_asap_jobs j
+    where j.id = any (array(select x.job_id from decided x where x.next_run_at is null))
+      and j.worker_id = p_worker_id
+    returning j.id, j.group_id, j.type_id, j.inserted_at, j.inserted_at as run_at, j.params,
+      0 as error_count
+  ),
+  done_run_at as (
+    -- A final failure must also match the error_count: a result for an earlier run of the job
+    -- must not end it.
+    delete from pgxjob_run_at_jobs j
+    using decided i
+    where j.id = any (array(select x.job_id from decided x where x.next_run_at is null))
+      and j.id = i.job_id
+      and j.worker_id = p_worker_id
+      and (not i.failed or j.error_count = i.error_count)
+    returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, j.error_count
+  ),
+  moved as (
+    delete from pgxjob_asap_jobs j
+    using decided i
+    where j.id = any (array(
+        select x.job_id from decided x where x.next_run_at is not null and x.error_count = 0
+      ))
+      and j.id = i.job_id
+      and j.worker_id = p_worker_id
+    returning j.id, j.group_id, j.type_id, j.inserted_at, j.inserted_at as run_at, j.params,
+      0 as error_count, i.next_run_at, i.error
+  ),
+  moved_in as (
+    insert into pgxjob_run_at_jobs (
+      id, inserted_at, run_at, next_run_at, group_id, type_id, error_count, last_error, params
+    )
+    select m.id, m.inserted_at, m.run_at, m.next_run_at, m.group_id, m.type_id, 1, m.error,
+      m.params
+    from moved m
+    returning group_id
+  ),
+  retried as (
+    update pgxjob_run_at_jobs j
+    set error_count = j.error_count + 1,
+        last_error = i.error,
+        next_run_at = i.next_run_at,
+        worker_id = null
+    from decided i
+    where j.id = any (array(select x.job_id from decided x where x.next_run_at is not null))
+      and j.id = i.job_id
+      and j.worker_id = p_worker_id
+      and j.error_count = i.error_count
+    returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, i.error_count
+  ),
+  touched as (
+    select id, group_id, type_id, inserted_at, run_at, params, error_count from done_asap
+    union all
+    select id, group_id, type_id, inserted_at, run_at, params, error_count from done_run_at
+    union all
+    select id, group_id, type_id, inserted_at, run_at, params, error_count from moved
+    union all
+    select id, group_id, type_id, inserted_at, run_at, params, error_count from retried
+  ),
+  logged as (
+    -- on conflict: a run recorded twice keeps its first row.
+    insert into pgxjob_job_runs (
+      job_id, run_number, group_id, type_id, inserted_at, run_at, started_at, finished_at,
+      params, error
+    )
+    select t.id, least(t.error_count, 2147483646) + 1, t.group_id, t.type_id, t.inserted_at,
+      t.run_at, i.started_at, i.finished_at, t.params, i.error
+    from touched t
+    join decided i on i.job_id = t.id
+    where i.log
+    on conflict (job_id, run_number) do nothing
+  ),
+  notified as (
+    -- Workers of the groups of retried jobs move their wake-up to the new retry times.
+    select pg_notify('pgxjob_timed_job_scheduled', g.name)
+    from pgxjob_groups g
+    where g.id in (select m.group_id from moved_in m union select r.group_id from retried r)
+  )
+  select
+    (select count(*) from touched)::int,
+    array(
+      select d.job_id from decided d
+      where d.job_id not in (select t.id from touched t)
+      order by d.job_id
+    ),
+    (select count(*) from notified)
+  into changed, stale_job_ids, v_notified;
+end;
+$$;
+
+--
+-- Name: pgxjob_backoff_time(timestamp with time zone, integer, interval); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_backoff_time(p_now timestamp with time zone, p_error_count integer, p_base_delay interval) RETURNS timestamp with time zone
+    LANGUAGE plpgsql STABLE STRICT
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+begin
+  return p_now + (p_error_count::bigint + 1) * p_base_delay;
+exception
+  when datetime_field_overflow or interval_field_overflow or numeric_value_out_of_range then
+    return null;
+end;
+$$;
+
+--
+-- Name: pgxjob_check_name(text, text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_check_name(p_kind text, p_name text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 begin
   if coalesce(p_name, '') = '' then
@@ -32,8 +229,9 @@ begin
             hint = format('Pass a non-empty %s.', p_kind);
   end if;
 
-  if length(p_name) > 1000 then
-    raise exception 'pgxjob: % is % characters long, more than 1000', p_kind, length(p_name)
+  if octet_length(p_name) > 1000 then
+    raise exception 'pgxjob: % is % bytes long in UTF-8, more than 1000', p_kind,
+      octet_length(p_name)
       using errcode = 'PJ003',
             hint = 'Use a shorter name; names are identifiers, not data.';
   end if;
@@ -41,18 +239,38 @@ end;
 $$;
 
 --
--- Name: pgxjob_fetch_jobs(integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_check_now(timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_fetch_jobs(p_worker_id integer, p_limit integer, p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(id bigint, group_id integer, type_id integer, type_name text, params json, inserted_at timestamp with time zone, run_at timestamp with time zone, error_count integer, last_error text, asap boolean)
+CREATE FUNCTION pgxjob_public.pgxjob_check_now(p_now timestamp with time zone) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+begin
+  if p_now is null or not isfinite(p_now)
+    or p_now < '0001-01-01 00:00:00+00' or p_now > '99999-12-31 00:00:00+00'
+  then
+    raise exception 'pgxjob: the current time must be a finite time between the years 1 and '
+      '99999, got %', p_now
+      using errcode = 'PJ005',
+            hint = 'Leave p_now out to use now(); tests may pass another finite time.';
+  end if;
+end;
+$$;
+
+--
+-- Name: pgxjob_fetch_jobs(integer, integer, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_fetch_jobs(p_worker_id integer, p_limit integer, p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(id bigint, group_id integer, type_id integer, type_name text, params json, inserted_at timestamp with time zone, run_at timestamp with time zone, error_count integer, last_error text, asap boolean)
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 #variable_conflict use_column
 declare
   v_group_id int;
-  v_remaining int;
-  v_claimed int;
+  v_timed bigint[];
+  v_asap bigint[];
 begin
   if p_limit is null or p_limit < 1 then
     raise exception 'pgxjob: fetch limit must be a positive number, got %', p_limit
@@ -60,68 +278,91 @@ begin
             hint = 'Pass the number of jobs the worker can take, for example 100.';
   end if;
 
-  select w.group_id into v_group_id from pgxjob_workers w where w.id = p_worker_id;
+  -- KEY SHARE on the worker's row: a reaper deleting it waits until this claim commits, then
+  -- releases what it claimed; without it the claim could land on a worker already reaped.
+  select w.group_id into v_group_id
+  from pgxjob_workers w
+  where w.id = p_worker_id
+  for key share;
+
   if v_group_id is null then
     raise exception 'pgxjob: worker % is not registered', p_worker_id
       using errcode = 'PJ004',
             hint = 'The worker was reaped or unregistered; register it again.';
   end if;
 
-  v_remaining := p_limit;
-
   -- skip locked: concurrent fetchers take disjoint rows instead of queueing behind each other.
-  -- The claimed ids go to the update as an array, so it finds each row through the primary key;
-  -- joined to a CTE instead, the planner hashes the whole table once per fetch.
-  return query
-  update pgxjob_run_at_jobs j
-  set worker_id = p_worker_id
-  from pgxjob_job_types t
-  where j.id = any (array(
-      select d.id
-      from pgxjob_run_at_jobs d
-      where d.group_id = v_group_id
-        and d.worker_id is null
-        and d.next_run_at <= p_now
-      order by d.next_run_at
-      limit v_remaining
-      for update skip locked
-    ))
-    and t.id = j.type_id
-  returning j.id, j.group_id, j.type_id, t.name, j.params, j.inserted_at, j.run_at,
-    j.error_count, j.last_error, false;
+  -- Each kind is read through its partial fetch index (unowned jobs of the group, in due order)
+  -- and the two are merged by due time.
+  with timed as (
+    select d.id, d.next_run_at as due_at, false as is_asap
+    from pgxjob_run_at_jobs d
+    where d.group_id = v_group_id
+      and d.worker_id is null
+      and d.next_run_at <= coalesce(p_now, now())
+    order by d.next_run_at
+    limit p_limit
+    for update skip locked
+  ),
+  asap as (
+    select d.id, d.inserted_at as due_at, true as is_asap
+    from pgxjob_asap_jobs d
+    where d.group_id = v_group_id
+      and d.worker_id is null
+    order by d.id
+    limit p_limit
+    for update skip locked
+  ),
+  chosen as (
+    select c.id, c.is_asap
+    from (select * from timed union all select * from asap) c
+    order by c.due_at, c.id
+    limit p_limit
+  )
+  select array_agg(c.id) filter (where not c.is_asap), array_agg(c.id) filter (where c.is_asap)
+  into v_timed, v_asap
+  from chosen c;
 
-  get diagnostics v_claimed = row_count;
-  v_remaining := v_remaining - v_claimed;
-  if v_remaining = 0 then
+  if v_timed is null and v_asap is null then
     return;
   end if;
 
+  -- The claimed ids go to the updates as arrays, so each row is found through the primary key.
   return query
-  update pgxjob_asap_jobs j
-  set worker_id = p_worker_id
-  from pgxjob_job_types t
-  where j.id = any (array(
-      select d.id
-      from pgxjob_asap_jobs d
-      where d.group_id = v_group_id
-        and d.worker_id is null
-      order by d.id
-      limit v_remaining
-      for update skip locked
-    ))
-    and t.id = j.type_id
-  returning j.id, j.group_id, j.type_id, t.name, j.params, j.inserted_at, j.inserted_at,
-    0, null::text, true;
+  with claimed_timed as (
+    update pgxjob_run_at_jobs j
+    set worker_id = p_worker_id
+    where j.id = any (v_timed)
+    returning j.id, j.group_id, j.type_id, j.params, j.inserted_at, j.run_at, j.error_count,
+      j.last_error, false as is_asap, j.next_run_at as due_at
+  ),
+  claimed_asap as (
+    update pgxjob_asap_jobs j
+    set worker_id = p_worker_id
+    where j.id = any (v_asap)
+    returning j.id, j.group_id, j.type_id, j.params, j.inserted_at, j.inserted_at as run_at,
+      0 as error_count, null::text as last_error, true as is_asap, j.inserted_at as due_at
+  ),
+  claimed as (
+    select * from claimed_timed
+    union all
+    select * from claimed_asap
+  )
+  select c.id, c.group_id, c.type_id, t.name, c.params, c.inserted_at, c.run_at, c.error_count,
+    c.last_error, c.is_asap
+  from claimed c
+  left join pgxjob_job_types t on t.id = c.type_id
+  order by c.due_at, c.id;
 end;
 $$;
 
 --
--- Name: pgxjob_grant_application(name); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_grant_application(name); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_grant_application(role_name name) RETURNS SETOF text
+CREATE FUNCTION pgxjob_public.pgxjob_grant_application(role_name name) RETURNS SETOF text
     LANGUAGE sql
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
   select pgxjob_grant_privileges(
     role_name,
@@ -131,15 +372,16 @@ CREATE FUNCTION public.pgxjob_grant_application(role_name name) RETURNS SETOF te
 $$;
 
 --
--- Name: pgxjob_grant_privileges(name, text[], text[]); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_grant_privileges(name, text[], text[]); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_grant_privileges(role_name name, function_names text[], table_names text[]) RETURNS SETOF text
+CREATE FUNCTION pgxjob_public.pgxjob_grant_privileges(role_name name, function_names text[], table_names text[]) RETURNS SETOF text
     LANGUAGE plpgsql
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 declare
-  v_schema name := current_schema();
+  v_api name := pgxjob_api_schema();
+  v_private name := current_schema();
   v_object record;
 begin
   if role_name is null or not exists (select 1 from pg_roles r where r.rolname = role_name) then
@@ -149,44 +391,49 @@ begin
                    'then grant it pgxjob''s privileges.';
   end if;
 
-  execute format('grant usage on schema %I to %I', v_schema, role_name);
-  return next format('usage on schema %I', v_schema);
+  execute format('grant usage on schema %I to %I', v_api, role_name);
+  return next format('usage on schema %I', v_api);
+  execute format('grant usage on schema %I to %I', v_private, role_name);
+  return next format('usage on schema %I', v_private);
 
   for v_object in
-    select p.proname, pg_get_function_identity_arguments(p.oid) as args
+    select n.nspname, p.proname, pg_get_function_identity_arguments(p.oid) as args
     from pg_proc p
-    where p.pronamespace = (select n.oid from pg_namespace n where n.nspname = v_schema)
+    join pg_namespace n on n.oid = p.pronamespace
+    where n.nspname in (v_api, v_private)
       and p.proname like 'pgxjob\_%'
       and p.proname = any (function_names)
-    order by p.proname
+    order by p.proname, n.nspname = v_private
   loop
     execute format('grant execute on function %I.%I(%s) to %I',
-                   v_schema, v_object.proname, v_object.args, role_name);
-    return next format('execute on function %I(%s)', v_object.proname, v_object.args);
+                   v_object.nspname, v_object.proname, v_object.args, role_name);
+    if v_object.nspname = v_api then
+      return next format('execute on function %I(%s)', v_object.proname, v_object.args);
+    end if;
   end loop;
 
   for v_object in
     select c.relname
     from pg_class c
-    where c.relnamespace = (select n.oid from pg_namespace n where n.nspname = v_schema)
+    where c.relnamespace = (select n.oid from pg_namespace n where n.nspname = v_api)
       and c.relname like 'pgxjob\_%'
       and c.relname = any (table_names)
       and c.relkind = 'r'
     order by c.relname
   loop
-    execute format('grant select on table %I.%I to %I', v_schema, v_object.relname, role_name);
+    execute format('grant select on table %I.%I to %I', v_api, v_object.relname, role_name);
     return next format('select on table %I', v_object.relname);
   end loop;
 end;
 $$;
 
 --
--- Name: pgxjob_grant_worker(name); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_grant_worker(name); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_grant_worker(role_name name) RETURNS SETOF text
+CREATE FUNCTION pgxjob_public.pgxjob_grant_worker(role_name name) RETURNS SETOF text
     LANGUAGE sql
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
   select pgxjob_grant_privileges(
     role_name,
@@ -205,12 +452,12 @@ CREATE FUNCTION public.pgxjob_grant_worker(role_name name) RETURNS SETOF text
 $$;
 
 --
--- Name: pgxjob_job_counts(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_job_counts(timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_job_counts(p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(group_name text, job_type text, due bigint, scheduled bigint, retrying bigint, locked bigint, oldest_due_at timestamp with time zone)
+CREATE FUNCTION pgxjob_public.pgxjob_job_counts(p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(group_name text, job_type text, due bigint, scheduled bigint, retrying bigint, locked bigint, oldest_due_at timestamp with time zone)
     LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 begin
   return query
@@ -253,12 +500,12 @@ end;
 $$;
 
 --
--- Name: pgxjob_job_run_stats(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_job_run_stats(timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_job_run_stats(since timestamp with time zone DEFAULT (now() - '01:00:00'::interval)) RETURNS TABLE(group_name text, job_type text, runs bigint, succeeded bigint, retried bigint, failed bigint, avg_duration interval, p95_duration interval, avg_wait interval)
+CREATE FUNCTION pgxjob_public.pgxjob_job_run_stats(since timestamp with time zone DEFAULT (now() - '01:00:00'::interval)) RETURNS TABLE(group_name text, job_type text, runs bigint, succeeded bigint, retried bigint, failed bigint, avg_duration interval, p95_duration interval, avg_wait interval)
     LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 begin
   return query
@@ -293,48 +540,77 @@ end;
 $$;
 
 --
--- Name: pgxjob_linear_backoff(integer, integer, interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_linear_backoff(integer, integer, interval, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_linear_backoff(error_count integer, max_retries integer, base_delay interval, p_now timestamp with time zone DEFAULT now()) RETURNS timestamp with time zone
-    LANGUAGE sql STABLE STRICT
-    SET search_path TO 'public', 'pg_temp'
-    AS $$
-  select case
-    when error_count < max_retries then p_now + (error_count + 1) * base_delay
-  end
-$$;
-
---
--- Name: pgxjob_next_run_in(integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.pgxjob_next_run_in(p_worker_id integer, p_now timestamp with time zone DEFAULT now()) RETURNS interval
-    LANGUAGE sql STABLE STRICT SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
-    AS $$
-  -- A job at 'infinity' never falls due, and one at '-infinity' is due now; neither may reach
-  -- the subtraction, which is undefined for infinite timestamps.
-  select case
-    when min(j.next_run_at) = '-infinity' then interval '0'
-    else min(j.next_run_at) - p_now
-  end
-  from pgxjob_run_at_jobs j
-  join pgxjob_workers w on w.group_id = j.group_id
-  where w.id = p_worker_id
-    and j.worker_id is null
-    and j.next_run_at <> 'infinity'
-$$;
-
---
--- Name: pgxjob_prune_job_runs(interval); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.pgxjob_prune_job_runs(older_than interval) RETURNS bigint
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+CREATE FUNCTION pgxjob_public.pgxjob_linear_backoff(error_count integer, max_retries integer, base_delay interval, p_now timestamp with time zone DEFAULT now()) RETURNS timestamp with time zone
+    LANGUAGE plpgsql STABLE STRICT
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 declare
+  v_at timestamptz;
+begin
+  if error_count >= max_retries then
+    return null;
+  end if;
+
+  v_at := pgxjob_backoff_time(p_now, error_count, base_delay);
+  if v_at is null then
+    raise exception 'pgxjob: retry time % + (% + 1) * % is out of range', p_now, error_count,
+      base_delay
+      using errcode = 'PJ005',
+            hint = 'Use a base delay of at most a few years.';
+  end if;
+
+  return v_at;
+end;
+$$;
+
+--
+-- Name: pgxjob_next_run_in(integer, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_next_run_in(p_worker_id integer, p_now timestamp with time zone DEFAULT now()) RETURNS interval
+    LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+declare
+  v_group_id int;
+  v_next timestamptz;
+begin
+  select w.group_id into v_group_id from pgxjob_workers w where w.id = p_worker_id;
+  if v_group_id is null then
+    return null;
+  end if;
+
+  -- A job at 'infinity' never falls due.
+  select min(j.next_run_at) into v_next
+  from pgxjob_run_at_jobs j
+  where j.group_id = v_group_id
+    and j.worker_id is null
+    and j.next_run_at < 'infinity';
+
+  if v_next is null then
+    return null;
+  elsif v_next = '-infinity' then
+    return interval '0';
+  end if;
+
+  return make_interval(secs => greatest(-3.15e9, least(3.15e9,
+    (extract(epoch from v_next) - extract(epoch from p_now))::double precision)));
+end;
+$$;
+
+--
+-- Name: pgxjob_prune_job_runs(interval); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_prune_job_runs(older_than interval) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+declare
+  v_cutoff timestamptz;
   v_deleted bigint;
 begin
   if older_than is null or older_than < interval '0' then
@@ -343,8 +619,16 @@ begin
             hint = 'Pass how old a run must be to be deleted, for example interval ''30 days''.';
   end if;
 
+  begin
+    v_cutoff := now() - older_than;
+  exception
+    when datetime_field_overflow then
+      -- Older than the start of time: nothing is that old.
+      return 0;
+  end;
+
   delete from pgxjob_job_runs r
-  where r.finished_at < now() - older_than;
+  where r.finished_at < v_cutoff;
   get diagnostics v_deleted = row_count;
 
   return v_deleted;
@@ -352,41 +636,154 @@ end;
 $$;
 
 --
--- Name: pgxjob_reap_dead_workers(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_publish_functions(name, name, text[], text[]); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_reap_dead_workers(p_now timestamp with time zone DEFAULT now()) RETURNS integer
-    LANGUAGE plpgsql STRICT SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+CREATE FUNCTION pgxjob_public.pgxjob_publish_functions(p_api name, p_private name, p_internal text[], p_invoker text[]) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $_$
+declare
+  v_fn record;
+  v_acl aclitem[];
+  v_grantee record;
+  v_old oid;
+  v_call text;
+begin
+  for v_fn in
+    select p.oid, p.proname, pg_get_function_identity_arguments(p.oid) as args,
+      pg_get_function_arguments(p.oid) as arg_defs, pg_get_function_result(p.oid) as result,
+      p.proretset, p.pronargs, p.provolatile, p.proisstrict, p.proacl
+    from pg_proc p
+    where p.pronamespace = (select n.oid from pg_namespace n where n.nspname = p_api)
+      and p.proname like 'pgxjob\_%'
+      and p.proname <> 'pgxjob_publish_functions'
+      and p.prosrc not like '%-- pgxjob wrapper%'
+    order by p.proname
+  loop
+    v_acl := v_fn.proacl;
+    select p.oid into v_old
+    from pg_proc p
+    where p.pronamespace = (select n.oid from pg_namespace n where n.nspname = p_private)
+      and p.proname = v_fn.proname
+      and pg_get_function_identity_arguments(p.oid) = v_fn.args;
+    if v_old is not null then
+      v_acl := (select array_agg(distinct a) from unnest(
+        coalesce(v_acl, '{}') || coalesce((select p.proacl from pg_proc p where p.oid = v_old), '{}')
+      ) a);
+      execute format('drop function %I.%I(%s)', p_private, v_fn.proname, v_fn.args);
+    end if;
+
+    execute format('alter function %I.%I(%s) set schema %I',
+                   p_api, v_fn.proname, v_fn.args, p_private);
+    execute format('alter function %I.%I(%s) set search_path = %I, pg_temp',
+                   p_private, v_fn.proname, v_fn.args, p_private);
+    execute format('alter function %I.%I(%s) %s',
+                   p_private, v_fn.proname, v_fn.args,
+                   case when v_fn.proname = any (p_invoker) then 'security invoker'
+                        else 'security definer' end);
+    execute format('revoke all on function %I.%I(%s) from public',
+                   p_private, v_fn.proname, v_fn.args);
+
+    if v_fn.proname = any (p_internal) then
+      continue;
+    end if;
+
+    -- The wrapper: security invoker, plain SQL with no SET clause so the planner can inline it,
+    -- and nothing in its body resolved through a search_path (the callee is schema-qualified and
+    -- its arguments are the wrapper's own parameters).
+    v_call := format('%I.%I(%s)', p_private, v_fn.proname,
+      (select string_agg('$' || n, ', ') from generate_series(1, v_fn.pronargs) n));
+    execute format(
+      'create function %I.%I(%s) returns %s language sql %s %s security invoker as %L',
+      p_api, v_fn.proname, v_fn.arg_defs, v_fn.result,
+      case v_fn.provolatile when 'i' then 'immutable' when 's' then 'stable' else 'volatile' end,
+      case when v_fn.proisstrict then 'strict' else 'called on null input' end,
+      E'-- pgxjob wrapper\n' || case when v_fn.proretset then 'select * from ' else 'select ' end
+        || v_call);
+    execute format('revoke all on function %I.%I(%s) from public',
+                   p_api, v_fn.proname, v_fn.args);
+
+    -- Whoever could execute the function before may execute both halves now.
+    for v_grantee in
+      select distinct a.grantee
+      from unnest(coalesce(v_acl, '{}')) x
+      cross join lateral aclexplode(array[x]) a
+      where a.privilege_type = 'EXECUTE' and a.grantee <> 0
+    loop
+      execute format('grant execute on function %I.%I(%s) to %I', p_api, v_fn.proname,
+                     v_fn.args, pg_get_userbyid(v_grantee.grantee));
+      execute format('grant execute on function %I.%I(%s) to %I', p_private, v_fn.proname,
+                     v_fn.args, pg_get_userbyid(v_grantee.grantee));
+      execute format('grant usage on schema %I to %I', p_private, pg_get_userbyid(v_grantee.grantee));
+    end loop;
+  end loop;
+end;
+$_$;
+
+--
+-- Name: pgxjob_reap_dead_workers(timestamp with time zone, integer); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_reap_dead_workers(p_now timestamp with time zone DEFAULT now(), p_reaper_id integer DEFAULT NULL::integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 declare
-  v_reaped int;
+  v_cutoff timestamptz := coalesce(p_now, now());
+  v_ids int[];
   v_group_ids int[];
 begin
+  if p_reaper_id is not null then
+    select least(v_cutoff, w.previous_heartbeat_at) into v_cutoff
+    from pgxjob_workers w
+    where w.id = p_reaper_id;
+
+    if not found then
+      -- The reaper was itself reaped: it knows nothing about who is alive.
+      return 0;
+    end if;
+  end if;
+
   with dead as (
+    select w.id
+    from pgxjob_workers w
+    where greatest(w.heartbeat_at, pg_postmaster_start_time()) + w.dead_after < v_cutoff
+    order by w.id
+    for update skip locked
+  ),
+  deleted as (
     delete from pgxjob_workers w
-    where w.heartbeat_at + w.dead_after < p_now
-    returning w.group_id
+    using dead d
+    where w.id = d.id
+    returning w.id, w.group_id
   )
-  select count(*), array_agg(distinct dead.group_id)
-  into v_reaped, v_group_ids
-  from dead;
+  select array_agg(d.id order by d.id), array_agg(distinct d.group_id)
+  into v_ids, v_group_ids
+  from deleted d;
 
-  perform pg_notify('pgxjob_job_available', g.name)
-  from pgxjob_groups g
-  where g.id = any (v_group_ids);
+  if v_ids is null then
+    return 0;
+  end if;
 
-  return v_reaped;
+  -- Live workers of those groups pick the released jobs up at once.
+  if pgxjob_release_jobs_of(v_ids, null) > 0 then
+    perform pg_notify('pgxjob_job_available', g.name)
+    from pgxjob_groups g
+    where g.id = any (v_group_ids);
+  end if;
+
+  return cardinality(v_ids);
 end;
 $$;
 
 --
--- Name: pgxjob_recent_job_runs(integer, boolean, text, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_recent_job_runs(integer, boolean, text, text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_recent_job_runs(max_rows integer DEFAULT 20, failed_only boolean DEFAULT false, of_type text DEFAULT NULL::text, in_group text DEFAULT NULL::text) RETURNS TABLE(job_id bigint, run_number integer, group_name text, job_type text, inserted_at timestamp with time zone, run_at timestamp with time zone, started_at timestamp with time zone, finished_at timestamp with time zone, params json, error text)
+CREATE FUNCTION pgxjob_public.pgxjob_recent_job_runs(max_rows integer DEFAULT 20, failed_only boolean DEFAULT false, of_type text DEFAULT NULL::text, in_group text DEFAULT NULL::text) RETURNS TABLE(job_id bigint, run_number integer, group_name text, job_type text, inserted_at timestamp with time zone, run_at timestamp with time zone, started_at timestamp with time zone, finished_at timestamp with time zone, params json, error text)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 #variable_conflict use_column
 declare
@@ -455,156 +852,144 @@ end;
 $$;
 
 --
--- Name: pgxjob_record_job_results(bigint[], integer[], timestamp with time zone[], timestamp with time zone[], text[], timestamp with time zone[], integer[], interval[], boolean[], timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_record_job_results(integer, bigint[], integer[], timestamp with time zone[], timestamp with time zone[], text[], timestamp with time zone[], integer[], interval[], boolean[], timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_record_job_results(p_job_ids bigint[], p_error_counts integer[], p_started_at timestamp with time zone[], p_finished_at timestamp with time zone[], p_errors text[], p_retry_at timestamp with time zone[], p_backoff_max_retries integer[], p_backoff_base_delays interval[], p_log boolean[], p_now timestamp with time zone DEFAULT now()) RETURNS integer
+CREATE FUNCTION pgxjob_public.pgxjob_record_job_results(p_worker_id integer, p_job_ids bigint[], p_error_counts integer[], p_started_at timestamp with time zone[], p_finished_at timestamp with time zone[], p_errors text[], p_retry_at timestamp with time zone[], p_backoff_max_retries integer[], p_backoff_base_delays interval[], p_log boolean[], p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(changed integer, stale_job_ids bigint[])
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
+#variable_conflict use_column
 declare
-  v_n int := cardinality(p_job_ids);
-  v_changed int;
-  v_retry_groups int[];
+  v_n int := coalesce(cardinality(p_job_ids), 0);
+  v_now timestamptz := coalesce(p_now, now());
+  v_changed int := 0;
+  v_stale bigint[] := '{}';
+  v_row record;
+  v_reason text;
 begin
-  if v_n is null or v_n = 0 then
-    return 0;
+  if p_worker_id is null then
+    raise exception 'pgxjob: the reporting worker''s id must not be null'
+      using errcode = 'PJ005',
+            hint = 'Pass the id the worker had when it fetched the jobs.';
   end if;
 
-  if cardinality(p_error_counts) is distinct from v_n
-    or cardinality(p_started_at) is distinct from v_n
-    or cardinality(p_finished_at) is distinct from v_n
-    or cardinality(p_errors) is distinct from v_n
-    or cardinality(p_retry_at) is distinct from v_n
-    or cardinality(p_backoff_max_retries) is distinct from v_n
-    or cardinality(p_backoff_base_delays) is distinct from v_n
-    or cardinality(p_log) is distinct from v_n
+  if v_n = 0 then
+    return query select 0, '{}'::bigint[];
+    return;
+  end if;
+
+  if coalesce(cardinality(p_error_counts), -1) <> v_n
+    or coalesce(cardinality(p_started_at), -1) <> v_n
+    or coalesce(cardinality(p_finished_at), -1) <> v_n
+    or coalesce(cardinality(p_errors), -1) <> v_n
+    or coalesce(cardinality(p_retry_at), -1) <> v_n
+    or coalesce(cardinality(p_backoff_max_retries), -1) <> v_n
+    or coalesce(cardinality(p_backoff_base_delays), -1) <> v_n
+    or coalesce(cardinality(p_log), -1) <> v_n
+    or array_ndims(p_job_ids) <> 1
   then
     raise exception 'pgxjob: result arrays must all have % elements', v_n
       using errcode = 'PJ005',
             hint = 'Pass one element per job in every array.';
   end if;
 
-  -- Data-modifying CTEs share one snapshot, so each job is handled by exactly one branch: a job
-  -- id appears once per batch (the last result wins), and the branches' conditions are disjoint.
-  with input as (
-    select distinct on (r.job_id)
-      r.job_id, r.error_count, r.started_at, r.finished_at, r.error, r.log,
-      case
-        when r.error is null then null
-        else coalesce(
-          r.retry_at,
-          pgxjob_linear_backoff(r.error_count, r.max_retries, r.base_delay, p_now)
-        )
-      end as next_run_at
-    from unnest(
-      p_job_ids, p_error_counts, p_started_at, p_finished_at, p_errors, p_retry_at,
-      p_backoff_max_retries, p_backoff_base_delays, p_log
-    ) with ordinality as r(
-      job_id, error_count, started_at, finished_at, error, retry_at, max_retries, base_delay,
-      log, ord
-    )
-    order by r.job_id, r.ord desc
-  ),
-  -- Every branch restricts its table by an array of ids, so rows are found through the primary
-  -- key; a plain join to the input would let the planner hash the whole table per batch.
-  done_asap as (
-    delete from pgxjob_asap_jobs j
-    where j.id = any (array(select x.job_id from input x where x.next_run_at is null))
-    returning j.id, j.group_id, j.type_id, j.inserted_at, j.inserted_at as run_at, j.params,
-      0 as error_count
-  ),
-  done_run_at as (
-    -- A success deletes the job whatever its error_count (it ran; it must not run again), but a
-    -- final failure must match it: a stale failure from a reaped worker must not delete a job
-    -- that another worker has since retried.
-    delete from pgxjob_run_at_jobs j
-    using input i
-    where j.id = any (array(select x.job_id from input x where x.next_run_at is null))
-      and j.id = i.job_id
-      and (i.error is null or j.error_count = i.error_count)
-    returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, j.error_count
-  ),
-  moved as (
-    delete from pgxjob_asap_jobs j
-    using input i
-    where j.id = any (array(
-        select x.job_id from input x where x.next_run_at is not null and x.error_count = 0
-      ))
-      and j.id = i.job_id
-    returning j.id, j.group_id, j.type_id, j.inserted_at, j.inserted_at as run_at, j.params,
-      0 as error_count, i.next_run_at, i.error
-  ),
-  moved_in as (
-    insert into pgxjob_run_at_jobs (
-      id, inserted_at, run_at, next_run_at, group_id, type_id, error_count, last_error, params
-    )
-    select m.id, m.inserted_at, m.run_at, m.next_run_at, m.group_id, m.type_id, 1, m.error,
-      m.params
-    from moved m
-    returning group_id
-  ),
-  retried as (
-    -- error_count must match: a stale result from a reaped worker does not count twice.
-    update pgxjob_run_at_jobs j
-    set error_count = j.error_count + 1,
-        last_error = i.error,
-        next_run_at = i.next_run_at,
-        worker_id = null
-    from input i
-    where j.id = any (array(select x.job_id from input x where x.next_run_at is not null))
-      and j.id = i.job_id
-      and j.error_count = i.error_count
-    returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, i.error_count
-  ),
-  touched as (
-    select id, group_id, type_id, inserted_at, run_at, params, error_count from done_asap
-    union all
-    select id, group_id, type_id, inserted_at, run_at, params, error_count from done_run_at
-    union all
-    select id, group_id, type_id, inserted_at, run_at, params, error_count from moved
-    union all
-    select id, group_id, type_id, inserted_at, run_at, params, error_count from retried
-  ),
-  logged as (
-    -- on conflict: a run recorded twice (by a reaped worker and by the one that re-ran it) keeps
-    -- its first row.
-    insert into pgxjob_job_runs (
-      job_id, run_number, group_id, type_id, inserted_at, run_at, started_at, finished_at,
-      params, error
-    )
-    select t.id, t.error_count + 1, t.group_id, t.type_id, t.inserted_at, t.run_at,
-      i.started_at, i.finished_at, t.params, i.error
-    from touched t
-    join input i on i.job_id = t.id
-    where i.log
-    on conflict (job_id, run_number) do nothing
-  )
-  select
-    (select count(*) from touched),
-    array(
-      select distinct group_id from moved_in
-      union
-      select distinct group_id from retried
-    )
-  into v_changed, v_retry_groups;
+  if array_position(p_job_ids, null) is not null
+    or array_position(p_error_counts, null) is not null
+    or array_position(p_started_at, null) is not null
+    or array_position(p_finished_at, null) is not null
+    or array_position(p_log, null) is not null
+    or exists (select 1 from unnest(p_error_counts) e where e < 0)
+  then
+    raise exception 'pgxjob: job ids, error counts, start and finish times and log flags must '
+      'not be null, and error counts not negative'
+      using errcode = 'PJ005',
+            hint = 'Pass a value for every job in those arrays.';
+  end if;
 
-  -- Workers of those groups move their wake-up to the new retry times.
-  perform pg_notify('pgxjob_timed_job_scheduled', g.name)
-  from pgxjob_groups g
-  where g.id = any (v_retry_groups);
+  begin
+    select * into v_row
+    from pgxjob_apply_job_results(
+      p_worker_id, p_job_ids, p_error_counts, p_started_at, p_finished_at, p_errors, p_retry_at,
+      p_backoff_max_retries, p_backoff_base_delays, p_log, v_now
+    );
+    return query select v_row.changed, v_row.stale_job_ids;
+    return;
+  exception
+    when data_exception or integrity_constraint_violation or program_limit_exceeded then
+      -- Some row cannot be applied: go row by row below, so that only that row is changed.
+      null;
+  end;
 
-  return v_changed;
+  for i in 1 .. v_n loop
+    begin
+      select * into v_row
+      from pgxjob_apply_job_results(
+        p_worker_id, array[p_job_ids[i]], array[p_error_counts[i]], array[p_started_at[i]],
+        array[p_finished_at[i]], array[p_errors[i]], array[p_retry_at[i]],
+        array[p_backoff_max_retries[i]], array[p_backoff_base_delays[i]], array[p_log[i]], v_now
+      );
+    exception
+      when data_exception or integrity_constraint_violation or program_limit_exceeded then
+        get stacked diagnostics v_reason = message_text;
+        -- Recorded as a final failure that says why. If even that fails, the error propagates
+        -- and the caller sets this row aside.
+        select * into v_row
+        from pgxjob_apply_job_results(
+          p_worker_id, array[p_job_ids[i]], array[p_error_counts[i]], array[p_started_at[i]],
+          array[p_finished_at[i]],
+          array[coalesce(p_errors[i] || E'\n', '') || format(
+            '(pgxjob: this result could not be recorded as asked (%s); recorded as a final '
+            'failure)', v_reason)],
+          array[null::timestamptz], array[null::int], array[null::interval], array[p_log[i]],
+          v_now
+        );
+    end;
+    v_changed := v_changed + v_row.changed;
+    v_stale := v_stale || v_row.stale_job_ids;
+  end loop;
+
+  return query select v_changed, v_stale;
 end;
 $$;
 
 --
--- Name: pgxjob_register_group(text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_refuse_delete_in_use(); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_register_group(name text) RETURNS integer
+CREATE FUNCTION pgxjob_public.pgxjob_refuse_delete_in_use() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+declare
+  v_jobs boolean;
+begin
+  if tg_table_name = 'pgxjob_job_types' then
+    v_jobs := exists (select 1 from pgxjob_asap_jobs j where j.type_id = old.id)
+      or exists (select 1 from pgxjob_run_at_jobs j where j.type_id = old.id);
+  else
+    v_jobs := exists (select 1 from pgxjob_asap_jobs j where j.group_id = old.id)
+      or exists (select 1 from pgxjob_run_at_jobs j where j.group_id = old.id);
+  end if;
+
+  if v_jobs then
+    raise exception 'pgxjob: % "%" still has jobs and cannot be deleted',
+      case tg_table_name when 'pgxjob_job_types' then 'job type' else 'group' end, old.name
+      using errcode = 'PJ006',
+            hint = 'Let its jobs finish (or delete them) first.';
+  end if;
+
+  return old;
+end;
+$$;
+
+--
+-- Name: pgxjob_register_group(text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_register_group(name text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 declare
   v_id int;
@@ -626,12 +1011,12 @@ end;
 $$;
 
 --
--- Name: pgxjob_register_job_type(text, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_register_job_type(text, text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_register_job_type(name text, default_group_name text DEFAULT 'default'::text) RETURNS integer
+CREATE FUNCTION pgxjob_public.pgxjob_register_job_type(name text, default_group_name text DEFAULT 'default'::text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 declare
   v_group_id int;
@@ -668,23 +1053,25 @@ end;
 $$;
 
 --
--- Name: pgxjob_register_worker(text, interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_register_worker(text, interval, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_register_worker(p_group_name text, p_dead_after interval, p_now timestamp with time zone DEFAULT now()) RETURNS integer
+CREATE FUNCTION pgxjob_public.pgxjob_register_worker(p_group_name text, p_dead_after interval, p_now timestamp with time zone DEFAULT now()) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 declare
   v_group_id int;
   v_id int;
 begin
-  if p_dead_after is null or p_dead_after <= interval '0' then
-    raise exception 'pgxjob: dead_after must be a positive interval, got %', p_dead_after
+  if p_dead_after is null or p_dead_after <= interval '0' or p_dead_after > interval '1 year' then
+    raise exception 'pgxjob: dead_after must be a positive interval of at most a year, got %',
+      p_dead_after
       using errcode = 'PJ005',
             hint = 'Pass how long a worker may go without a heartbeat, for example interval ''5 minutes''.';
   end if;
 
+  perform pgxjob_check_now(p_now);
   perform pgxjob_check_name('a worker''s group name', p_group_name);
 
   select g.id into v_group_id from pgxjob_groups g where g.name = p_group_name;
@@ -694,11 +1081,10 @@ begin
             hint = format('Register it with select pgxjob_register_group(%L);', p_group_name);
   end if;
 
-  -- A new worker also reaps, so dead workers are cleared even when no worker survived them.
-  perform pgxjob_reap_dead_workers(p_now);
-
-  insert into pgxjob_workers (group_id, inserted_at, heartbeat_at, dead_after)
-  values (v_group_id, p_now, p_now, p_dead_after)
+  -- No reaping here: a worker that starts just after an outage would take every other worker,
+  -- silent through the same outage, for dead. Live workers reap on their heartbeats.
+  insert into pgxjob_workers (group_id, inserted_at, heartbeat_at, previous_heartbeat_at, dead_after)
+  values (v_group_id, p_now, p_now, p_now, p_dead_after)
   returning id into v_id;
 
   return v_id;
@@ -706,39 +1092,73 @@ end;
 $$;
 
 --
--- Name: pgxjob_release_unknown_jobs(integer, bigint[]); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_release_jobs_of(integer[], bigint[]); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_release_unknown_jobs(p_worker_id integer, p_known bigint[]) RETURNS integer
+CREATE FUNCTION pgxjob_public.pgxjob_release_jobs_of(p_worker_ids integer[], p_keep bigint[]) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 declare
-  v_released int;
   v_asap int;
-  v_group_name text;
+  v_timed int;
 begin
-  update pgxjob_asap_jobs
+  update pgxjob_asap_jobs j
   set worker_id = null
-  where worker_id = p_worker_id
-    and not (id = any (coalesce(p_known, '{}')));
+  where j.id in (
+    select a.id
+    from pgxjob_asap_jobs a
+    where a.worker_id = any (p_worker_ids)
+      and not (a.id = any (coalesce(p_keep, '{}')))
+    order by a.id
+    for update
+  );
   get diagnostics v_asap = row_count;
 
-  update pgxjob_run_at_jobs
+  update pgxjob_run_at_jobs j
   set worker_id = null
-  where worker_id = p_worker_id
-    and not (id = any (coalesce(p_known, '{}')));
-  get diagnostics v_released = row_count;
-  v_released := v_released + v_asap;
+  where j.id in (
+    select a.id
+    from pgxjob_run_at_jobs a
+    where a.worker_id = any (p_worker_ids)
+      and not (a.id = any (coalesce(p_keep, '{}')))
+    order by a.id
+    for update
+  );
+  get diagnostics v_timed = row_count;
+
+  return v_asap + v_timed;
+end;
+$$;
+
+--
+-- Name: pgxjob_release_unknown_jobs(integer, bigint[]); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_release_unknown_jobs(p_worker_id integer, p_known bigint[]) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+declare
+  v_group_id int;
+  v_released int;
+begin
+  select w.group_id into v_group_id
+  from pgxjob_workers w
+  where w.id = p_worker_id
+  for key share;
+
+  if v_group_id is null then
+    -- A worker that is gone owns nothing: unregistering or reaping released its jobs.
+    return 0;
+  end if;
+
+  v_released := pgxjob_release_jobs_of(array[p_worker_id], p_known);
 
   if v_released > 0 then
-    select g.name into v_group_name
-    from pgxjob_workers w
-    join pgxjob_groups g on g.id = w.group_id
-    where w.id = p_worker_id;
-
-    perform pg_notify('pgxjob_job_available', v_group_name)
-    where v_group_name is not null;
+    perform pg_notify('pgxjob_job_available', g.name)
+    from pgxjob_groups g
+    where g.id = v_group_id;
   end if;
 
   return v_released;
@@ -746,12 +1166,12 @@ end;
 $$;
 
 --
--- Name: pgxjob_resolve_job_target(text, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_resolve_job_target(text, text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_resolve_job_target(job_type text, group_name text, OUT type_id integer, OUT group_id integer, OUT resolved_group_name text) RETURNS record
-    LANGUAGE plpgsql STABLE
-    SET search_path TO 'public', 'pg_temp'
+CREATE FUNCTION pgxjob_public.pgxjob_resolve_job_target(job_type text, group_name text, OUT type_id integer, OUT group_id integer, OUT resolved_group_name text) RETURNS record
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 begin
   perform pgxjob_check_name('job type', job_type);
@@ -781,12 +1201,12 @@ end;
 $$;
 
 --
--- Name: pgxjob_schedule(text, json, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_schedule(text, json, text, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_schedule(job_type text, params json DEFAULT NULL::json, group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS bigint
+CREATE FUNCTION pgxjob_public.pgxjob_schedule(job_type text, params json DEFAULT NULL::json, group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 declare
   v_type_id int;
@@ -829,12 +1249,12 @@ end;
 $$;
 
 --
--- Name: pgxjob_schedule_many(text, json[], text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_schedule_many(text, json[], text, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_schedule_many(job_type text, params json[], group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS SETOF bigint
+CREATE FUNCTION pgxjob_public.pgxjob_schedule_many(job_type text, params json[], group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS SETOF bigint
     LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 declare
   v_target record;
@@ -868,16 +1288,27 @@ end;
 $$;
 
 --
--- Name: pgxjob_status(integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_schema_version(); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_status(recent_failures integer DEFAULT 5, p_now timestamp with time zone DEFAULT now()) RETURNS json
+CREATE FUNCTION pgxjob_public.pgxjob_schema_version() RETURNS integer
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$select max(m.version) from public.pgxjob_schema_migrations m$$;
+
+--
+-- Name: pgxjob_status(integer, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_status(recent_failures integer DEFAULT 5, p_now timestamp with time zone DEFAULT now()) RETURNS json
     LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 begin
+  perform pgxjob_check_now(p_now);
+
   return json_build_object(
-    'schema_version', (select max(m.version) from pgxjob_schema_migrations m),
+    'schema_version', pgxjob_schema_version(),
     'now', p_now,
     'jobs', coalesce((
       select json_agg(json_build_object(
@@ -888,7 +1319,8 @@ begin
         'retrying', c.retrying,
         'locked', c.locked,
         'oldest_due_at', c.oldest_due_at,
-        'lag_seconds', extract(epoch from p_now - c.oldest_due_at)
+        'lag_seconds', case when isfinite(c.oldest_due_at)
+          then extract(epoch from p_now) - extract(epoch from c.oldest_due_at) end
       ) order by c.group_name, c.job_type)
       from pgxjob_job_counts(p_now) c
     ), '[]'::json),
@@ -925,31 +1357,25 @@ end;
 $$;
 
 --
--- Name: pgxjob_unregister_worker(integer); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_unregister_worker(integer); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_unregister_worker(p_worker_id integer) RETURNS boolean
-    LANGUAGE plpgsql STRICT SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+CREATE FUNCTION pgxjob_public.pgxjob_unregister_worker(p_worker_id integer) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 declare
-  v_group_name text;
-  v_owned boolean;
+  v_group_id int;
 begin
-  v_owned := exists (select 1 from pgxjob_asap_jobs where worker_id = p_worker_id)
-    or exists (select 1 from pgxjob_run_at_jobs where worker_id = p_worker_id);
-
-  with deleted as (
-    delete from pgxjob_workers w where w.id = p_worker_id returning w.group_id
-  )
-  select g.name into v_group_name from deleted join pgxjob_groups g on g.id = deleted.group_id;
-
-  if v_group_name is null then
+  delete from pgxjob_workers w where w.id = p_worker_id returning w.group_id into v_group_id;
+  if not found then
     return false;
   end if;
 
-  if v_owned then
-    perform pg_notify('pgxjob_job_available', v_group_name);
+  if pgxjob_release_jobs_of(array[p_worker_id], null) > 0 then
+    perform pg_notify('pgxjob_job_available', g.name)
+    from pgxjob_groups g
+    where g.id = v_group_id;
   end if;
 
   return true;
@@ -957,39 +1383,39 @@ end;
 $$;
 
 --
--- Name: pgxjob_worker_heartbeat(integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_worker_heartbeat(integer, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_worker_heartbeat(p_worker_id integer, p_now timestamp with time zone DEFAULT now()) RETURNS boolean
-    LANGUAGE plpgsql STRICT SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+CREATE FUNCTION pgxjob_public.pgxjob_worker_heartbeat(p_worker_id integer, p_now timestamp with time zone DEFAULT now()) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
-declare
-  v_alive boolean;
 begin
-  update pgxjob_workers
-  set heartbeat_at = greatest(heartbeat_at, p_now)
-  where id = p_worker_id;
-  v_alive := found;
+  perform pgxjob_check_now(p_now);
 
-  perform pgxjob_reap_dead_workers(p_now);
+  update pgxjob_workers w
+  set previous_heartbeat_at = w.heartbeat_at,
+      heartbeat_at = greatest(w.heartbeat_at, p_now)
+  where w.id = p_worker_id;
 
-  return v_alive;
+  return found;
 end;
 $$;
 
 --
--- Name: pgxjob_worker_status(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_worker_status(timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_worker_status(p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(worker_id integer, group_name text, inserted_at timestamp with time zone, heartbeat_at timestamp with time zone, heartbeat_age interval, dead_after interval, alive boolean, locked_jobs bigint)
+CREATE FUNCTION pgxjob_public.pgxjob_worker_status(p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(worker_id integer, group_name text, inserted_at timestamp with time zone, heartbeat_at timestamp with time zone, heartbeat_age interval, dead_after interval, alive boolean, locked_jobs bigint)
     LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER
-    SET search_path TO 'public', 'pg_temp'
+    SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 begin
+  perform pgxjob_check_now(p_now);
+
   return query
   select w.id, g.name, w.inserted_at, w.heartbeat_at, p_now - w.heartbeat_at, w.dead_after,
-    w.heartbeat_at + w.dead_after >= p_now,
+    greatest(w.heartbeat_at, pg_postmaster_start_time()) + w.dead_after >= p_now,
     (select count(*) from pgxjob_asap_jobs j where j.worker_id = w.id)
       + (select count(*) from pgxjob_run_at_jobs j where j.worker_id = w.id)
   from pgxjob_workers w
@@ -998,15 +1424,213 @@ begin
 end;
 $$;
 
+--
+-- Name: pgxjob_fetch_jobs(integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_fetch_jobs(p_worker_id integer, p_limit integer, p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(id bigint, group_id integer, type_id integer, type_name text, params json, inserted_at timestamp with time zone, run_at timestamp with time zone, error_count integer, last_error text, asap boolean)
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_fetch_jobs($1, $2, $3)$_$;
+
+--
+-- Name: pgxjob_grant_application(name); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_grant_application(role_name name) RETURNS SETOF text
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_grant_application($1)$_$;
+
+--
+-- Name: pgxjob_grant_privileges(name, text[], text[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_grant_privileges(role_name name, function_names text[], table_names text[]) RETURNS SETOF text
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_grant_privileges($1, $2, $3)$_$;
+
+--
+-- Name: pgxjob_grant_worker(name); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_grant_worker(role_name name) RETURNS SETOF text
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_grant_worker($1)$_$;
+
+--
+-- Name: pgxjob_job_counts(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_job_counts(p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(group_name text, job_type text, due bigint, scheduled bigint, retrying bigint, locked bigint, oldest_due_at timestamp with time zone)
+    LANGUAGE sql STABLE STRICT
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_job_counts($1)$_$;
+
+--
+-- Name: pgxjob_job_run_stats(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_job_run_stats(since timestamp with time zone DEFAULT (now() - '01:00:00'::interval)) RETURNS TABLE(group_name text, job_type text, runs bigint, succeeded bigint, retried bigint, failed bigint, avg_duration interval, p95_duration interval, avg_wait interval)
+    LANGUAGE sql STABLE STRICT
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_job_run_stats($1)$_$;
+
+--
+-- Name: pgxjob_linear_backoff(integer, integer, interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_linear_backoff(error_count integer, max_retries integer, base_delay interval, p_now timestamp with time zone DEFAULT now()) RETURNS timestamp with time zone
+    LANGUAGE sql STABLE STRICT
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_linear_backoff($1, $2, $3, $4)$_$;
+
+--
+-- Name: pgxjob_next_run_in(integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_next_run_in(p_worker_id integer, p_now timestamp with time zone DEFAULT now()) RETURNS interval
+    LANGUAGE sql STABLE STRICT
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_next_run_in($1, $2)$_$;
+
+--
+-- Name: pgxjob_prune_job_runs(interval); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_prune_job_runs(older_than interval) RETURNS bigint
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_prune_job_runs($1)$_$;
+
+--
+-- Name: pgxjob_reap_dead_workers(timestamp with time zone, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_reap_dead_workers(p_now timestamp with time zone DEFAULT now(), p_reaper_id integer DEFAULT NULL::integer) RETURNS integer
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_reap_dead_workers($1, $2)$_$;
+
+--
+-- Name: pgxjob_recent_job_runs(integer, boolean, text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_recent_job_runs(max_rows integer DEFAULT 20, failed_only boolean DEFAULT false, of_type text DEFAULT NULL::text, in_group text DEFAULT NULL::text) RETURNS TABLE(job_id bigint, run_number integer, group_name text, job_type text, inserted_at timestamp with time zone, run_at timestamp with time zone, started_at timestamp with time zone, finished_at timestamp with time zone, params json, error text)
+    LANGUAGE sql STABLE
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_recent_job_runs($1, $2, $3, $4)$_$;
+
+--
+-- Name: pgxjob_record_job_results(integer, bigint[], integer[], timestamp with time zone[], timestamp with time zone[], text[], timestamp with time zone[], integer[], interval[], boolean[], timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_record_job_results(p_worker_id integer, p_job_ids bigint[], p_error_counts integer[], p_started_at timestamp with time zone[], p_finished_at timestamp with time zone[], p_errors text[], p_retry_at timestamp with time zone[], p_backoff_max_retries integer[], p_backoff_base_delays interval[], p_log boolean[], p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(changed integer, stale_job_ids bigint[])
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_record_job_results($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)$_$;
+
+--
+-- Name: pgxjob_register_group(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_register_group(name text) RETURNS integer
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_register_group($1)$_$;
+
+--
+-- Name: pgxjob_register_job_type(text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_register_job_type(name text, default_group_name text DEFAULT 'default'::text) RETURNS integer
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_register_job_type($1, $2)$_$;
+
+--
+-- Name: pgxjob_register_worker(text, interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_register_worker(p_group_name text, p_dead_after interval, p_now timestamp with time zone DEFAULT now()) RETURNS integer
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_register_worker($1, $2, $3)$_$;
+
+--
+-- Name: pgxjob_release_unknown_jobs(integer, bigint[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_release_unknown_jobs(p_worker_id integer, p_known bigint[]) RETURNS integer
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_release_unknown_jobs($1, $2)$_$;
+
+--
+-- Name: pgxjob_schedule(text, json, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_schedule(job_type text, params json DEFAULT NULL::json, group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS bigint
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_schedule($1, $2, $3, $4)$_$;
+
+--
+-- Name: pgxjob_schedule_many(text, json[], text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_schedule_many(job_type text, params json[], group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS SETOF bigint
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_schedule_many($1, $2, $3, $4)$_$;
+
+--
+-- Name: pgxjob_status(integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_status(recent_failures integer DEFAULT 5, p_now timestamp with time zone DEFAULT now()) RETURNS json
+    LANGUAGE sql STABLE STRICT
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_status($1, $2)$_$;
+
+--
+-- Name: pgxjob_unregister_worker(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_unregister_worker(p_worker_id integer) RETURNS boolean
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_unregister_worker($1)$_$;
+
+--
+-- Name: pgxjob_worker_heartbeat(integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_worker_heartbeat(p_worker_id integer, p_now timestamp with time zone DEFAULT now()) RETURNS boolean
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_worker_heartbeat($1, $2)$_$;
+
+--
+-- Name: pgxjob_worker_status(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_worker_status(p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(worker_id integer, group_name text, inserted_at timestamp with time zone, heartbeat_at timestamp with time zone, heartbeat_age interval, dead_after interval, alive boolean, locked_jobs bigint)
+    LANGUAGE sql STABLE STRICT
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_worker_status($1)$_$;
+
 SET default_tablespace = '';
 
 SET default_table_access_method = heap;
 
 --
--- Name: pgxjob_asap_jobs; Type: TABLE; Schema: public; Owner: -
+-- Name: pgxjob_asap_jobs; Type: TABLE; Schema: pgxjob_public; Owner: -
 --
 
-CREATE TABLE public.pgxjob_asap_jobs (
+CREATE TABLE pgxjob_public.pgxjob_asap_jobs (
     id bigint NOT NULL,
     inserted_at timestamp with time zone DEFAULT now() NOT NULL,
     group_id integer NOT NULL,
@@ -1017,21 +1641,21 @@ CREATE TABLE public.pgxjob_asap_jobs (
 WITH (fillfactor='90');
 
 --
--- Name: pgxjob_groups; Type: TABLE; Schema: public; Owner: -
+-- Name: pgxjob_groups; Type: TABLE; Schema: pgxjob_public; Owner: -
 --
 
-CREATE TABLE public.pgxjob_groups (
+CREATE TABLE pgxjob_public.pgxjob_groups (
     id integer NOT NULL,
     name text NOT NULL,
     CONSTRAINT pgxjob_groups_name_not_empty CHECK ((name <> ''::text))
 );
 
 --
--- Name: pgxjob_groups_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+-- Name: pgxjob_groups_id_seq; Type: SEQUENCE; Schema: pgxjob_public; Owner: -
 --
 
-ALTER TABLE public.pgxjob_groups ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY (
-    SEQUENCE NAME public.pgxjob_groups_id_seq
+ALTER TABLE pgxjob_public.pgxjob_groups ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY (
+    SEQUENCE NAME pgxjob_public.pgxjob_groups_id_seq
     START WITH 1
     INCREMENT BY 1
     NO MINVALUE
@@ -1040,10 +1664,10 @@ ALTER TABLE public.pgxjob_groups ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDE
 );
 
 --
--- Name: pgxjob_job_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+-- Name: pgxjob_job_id_seq; Type: SEQUENCE; Schema: pgxjob_public; Owner: -
 --
 
-CREATE SEQUENCE public.pgxjob_job_id_seq
+CREATE SEQUENCE pgxjob_public.pgxjob_job_id_seq
     START WITH 1
     INCREMENT BY 1
     NO MINVALUE
@@ -1051,16 +1675,16 @@ CREATE SEQUENCE public.pgxjob_job_id_seq
     CACHE 1;
 
 --
--- Name: pgxjob_job_id_seq; Type: SEQUENCE OWNED BY; Schema: public; Owner: -
+-- Name: pgxjob_job_id_seq; Type: SEQUENCE OWNED BY; Schema: pgxjob_public; Owner: -
 --
 
-ALTER SEQUENCE public.pgxjob_job_id_seq OWNED BY public.pgxjob_asap_jobs.id;
+ALTER SEQUENCE pgxjob_public.pgxjob_job_id_seq OWNED BY pgxjob_public.pgxjob_asap_jobs.id;
 
 --
--- Name: pgxjob_job_runs; Type: TABLE; Schema: public; Owner: -
+-- Name: pgxjob_job_runs; Type: TABLE; Schema: pgxjob_public; Owner: -
 --
 
-CREATE TABLE public.pgxjob_job_runs (
+CREATE TABLE pgxjob_public.pgxjob_job_runs (
     job_id bigint NOT NULL,
     run_number integer NOT NULL,
     group_id integer NOT NULL,
@@ -1075,10 +1699,10 @@ CREATE TABLE public.pgxjob_job_runs (
 );
 
 --
--- Name: pgxjob_job_types; Type: TABLE; Schema: public; Owner: -
+-- Name: pgxjob_job_types; Type: TABLE; Schema: pgxjob_public; Owner: -
 --
 
-CREATE TABLE public.pgxjob_job_types (
+CREATE TABLE pgxjob_public.pgxjob_job_types (
     id integer NOT NULL,
     name text NOT NULL,
     default_group_id integer NOT NULL,
@@ -1086,11 +1710,11 @@ CREATE TABLE public.pgxjob_job_types (
 );
 
 --
--- Name: pgxjob_job_types_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+-- Name: pgxjob_job_types_id_seq; Type: SEQUENCE; Schema: pgxjob_public; Owner: -
 --
 
-ALTER TABLE public.pgxjob_job_types ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY (
-    SEQUENCE NAME public.pgxjob_job_types_id_seq
+ALTER TABLE pgxjob_public.pgxjob_job_types ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY (
+    SEQUENCE NAME pgxjob_public.pgxjob_job_types_id_seq
     START WITH 1
     INCREMENT BY 1
     NO MINVALUE
@@ -1099,11 +1723,11 @@ ALTER TABLE public.pgxjob_job_types ALTER COLUMN id ADD GENERATED BY DEFAULT AS 
 );
 
 --
--- Name: pgxjob_run_at_jobs; Type: TABLE; Schema: public; Owner: -
+-- Name: pgxjob_run_at_jobs; Type: TABLE; Schema: pgxjob_public; Owner: -
 --
 
-CREATE TABLE public.pgxjob_run_at_jobs (
-    id bigint DEFAULT nextval('public.pgxjob_job_id_seq'::regclass) NOT NULL,
+CREATE TABLE pgxjob_public.pgxjob_run_at_jobs (
+    id bigint DEFAULT nextval('pgxjob_public.pgxjob_job_id_seq'::regclass) NOT NULL,
     inserted_at timestamp with time zone DEFAULT now() NOT NULL,
     run_at timestamp with time zone NOT NULL,
     next_run_at timestamp with time zone NOT NULL,
@@ -1118,6 +1742,33 @@ CREATE TABLE public.pgxjob_run_at_jobs (
 WITH (fillfactor='90');
 
 --
+-- Name: pgxjob_workers; Type: TABLE; Schema: pgxjob_public; Owner: -
+--
+
+CREATE TABLE pgxjob_public.pgxjob_workers (
+    id integer NOT NULL,
+    group_id integer NOT NULL,
+    inserted_at timestamp with time zone NOT NULL,
+    heartbeat_at timestamp with time zone NOT NULL,
+    dead_after interval NOT NULL,
+    previous_heartbeat_at timestamp with time zone NOT NULL,
+    CONSTRAINT pgxjob_workers_dead_after_positive CHECK ((dead_after > '00:00:00'::interval))
+);
+
+--
+-- Name: pgxjob_workers_id_seq; Type: SEQUENCE; Schema: pgxjob_public; Owner: -
+--
+
+ALTER TABLE pgxjob_public.pgxjob_workers ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY (
+    SEQUENCE NAME pgxjob_public.pgxjob_workers_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
 -- Name: pgxjob_schema_migrations; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1128,85 +1779,66 @@ CREATE TABLE public.pgxjob_schema_migrations (
 );
 
 --
--- Name: pgxjob_workers; Type: TABLE; Schema: public; Owner: -
+-- Name: pgxjob_asap_jobs id; Type: DEFAULT; Schema: pgxjob_public; Owner: -
 --
 
-CREATE TABLE public.pgxjob_workers (
-    id integer NOT NULL,
-    group_id integer NOT NULL,
-    inserted_at timestamp with time zone NOT NULL,
-    heartbeat_at timestamp with time zone NOT NULL,
-    dead_after interval NOT NULL,
-    CONSTRAINT pgxjob_workers_dead_after_positive CHECK ((dead_after > '00:00:00'::interval))
-);
+ALTER TABLE ONLY pgxjob_public.pgxjob_asap_jobs ALTER COLUMN id SET DEFAULT nextval('pgxjob_public.pgxjob_job_id_seq'::regclass);
 
 --
--- Name: pgxjob_workers_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+-- Name: pgxjob_asap_jobs pgxjob_asap_jobs_pkey; Type: CONSTRAINT; Schema: pgxjob_public; Owner: -
 --
 
-ALTER TABLE public.pgxjob_workers ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY (
-    SEQUENCE NAME public.pgxjob_workers_id_seq
-    START WITH 1
-    INCREMENT BY 1
-    NO MINVALUE
-    NO MAXVALUE
-    CACHE 1
-);
-
---
--- Name: pgxjob_asap_jobs id; Type: DEFAULT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.pgxjob_asap_jobs ALTER COLUMN id SET DEFAULT nextval('public.pgxjob_job_id_seq'::regclass);
-
---
--- Name: pgxjob_asap_jobs pgxjob_asap_jobs_pkey; Type: CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.pgxjob_asap_jobs
+ALTER TABLE ONLY pgxjob_public.pgxjob_asap_jobs
     ADD CONSTRAINT pgxjob_asap_jobs_pkey PRIMARY KEY (id);
 
 --
--- Name: pgxjob_groups pgxjob_groups_name_key; Type: CONSTRAINT; Schema: public; Owner: -
+-- Name: pgxjob_groups pgxjob_groups_name_key; Type: CONSTRAINT; Schema: pgxjob_public; Owner: -
 --
 
-ALTER TABLE ONLY public.pgxjob_groups
+ALTER TABLE ONLY pgxjob_public.pgxjob_groups
     ADD CONSTRAINT pgxjob_groups_name_key UNIQUE (name);
 
 --
--- Name: pgxjob_groups pgxjob_groups_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+-- Name: pgxjob_groups pgxjob_groups_pkey; Type: CONSTRAINT; Schema: pgxjob_public; Owner: -
 --
 
-ALTER TABLE ONLY public.pgxjob_groups
+ALTER TABLE ONLY pgxjob_public.pgxjob_groups
     ADD CONSTRAINT pgxjob_groups_pkey PRIMARY KEY (id);
 
 --
--- Name: pgxjob_job_runs pgxjob_job_runs_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+-- Name: pgxjob_job_runs pgxjob_job_runs_pkey; Type: CONSTRAINT; Schema: pgxjob_public; Owner: -
 --
 
-ALTER TABLE ONLY public.pgxjob_job_runs
+ALTER TABLE ONLY pgxjob_public.pgxjob_job_runs
     ADD CONSTRAINT pgxjob_job_runs_pkey PRIMARY KEY (job_id, run_number);
 
 --
--- Name: pgxjob_job_types pgxjob_job_types_name_key; Type: CONSTRAINT; Schema: public; Owner: -
+-- Name: pgxjob_job_types pgxjob_job_types_name_key; Type: CONSTRAINT; Schema: pgxjob_public; Owner: -
 --
 
-ALTER TABLE ONLY public.pgxjob_job_types
+ALTER TABLE ONLY pgxjob_public.pgxjob_job_types
     ADD CONSTRAINT pgxjob_job_types_name_key UNIQUE (name);
 
 --
--- Name: pgxjob_job_types pgxjob_job_types_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+-- Name: pgxjob_job_types pgxjob_job_types_pkey; Type: CONSTRAINT; Schema: pgxjob_public; Owner: -
 --
 
-ALTER TABLE ONLY public.pgxjob_job_types
+ALTER TABLE ONLY pgxjob_public.pgxjob_job_types
     ADD CONSTRAINT pgxjob_job_types_pkey PRIMARY KEY (id);
 
 --
--- Name: pgxjob_run_at_jobs pgxjob_run_at_jobs_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+-- Name: pgxjob_run_at_jobs pgxjob_run_at_jobs_pkey; Type: CONSTRAINT; Schema: pgxjob_public; Owner: -
 --
 
-ALTER TABLE ONLY public.pgxjob_run_at_jobs
+ALTER TABLE ONLY pgxjob_public.pgxjob_run_at_jobs
     ADD CONSTRAINT pgxjob_run_at_jobs_pkey PRIMARY KEY (id);
+
+--
+-- Name: pgxjob_workers pgxjob_workers_pkey; Type: CONSTRAINT; Schema: pgxjob_public; Owner: -
+--
+
+ALTER TABLE ONLY pgxjob_public.pgxjob_workers
+    ADD CONSTRAINT pgxjob_workers_pkey PRIMARY KEY (id);
 
 --
 -- Name: pgxjob_schema_migrations pgxjob_schema_migrations_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -1216,69 +1848,60 @@ ALTER TABLE ONLY public.pgxjob_schema_migrations
     ADD CONSTRAINT pgxjob_schema_migrations_pkey PRIMARY KEY (version);
 
 --
--- Name: pgxjob_workers pgxjob_workers_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+-- Name: pgxjob_asap_jobs_fetch_idx; Type: INDEX; Schema: pgxjob_public; Owner: -
 --
 
-ALTER TABLE ONLY public.pgxjob_workers
-    ADD CONSTRAINT pgxjob_workers_pkey PRIMARY KEY (id);
+CREATE INDEX pgxjob_asap_jobs_fetch_idx ON pgxjob_public.pgxjob_asap_jobs USING btree (group_id, id) WHERE (worker_id IS NULL);
 
 --
--- Name: pgxjob_asap_jobs_fetch_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: pgxjob_asap_jobs_worker_id_idx; Type: INDEX; Schema: pgxjob_public; Owner: -
 --
 
-CREATE INDEX pgxjob_asap_jobs_fetch_idx ON public.pgxjob_asap_jobs USING btree (group_id, id) WHERE (worker_id IS NULL);
+CREATE INDEX pgxjob_asap_jobs_worker_id_idx ON pgxjob_public.pgxjob_asap_jobs USING btree (worker_id) WHERE (worker_id IS NOT NULL);
 
 --
--- Name: pgxjob_asap_jobs_worker_id_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: pgxjob_job_runs_finished_at_idx; Type: INDEX; Schema: pgxjob_public; Owner: -
 --
 
-CREATE INDEX pgxjob_asap_jobs_worker_id_idx ON public.pgxjob_asap_jobs USING btree (worker_id) WHERE (worker_id IS NOT NULL);
+CREATE INDEX pgxjob_job_runs_finished_at_idx ON pgxjob_public.pgxjob_job_runs USING brin (finished_at);
 
 --
--- Name: pgxjob_job_runs_finished_at_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: pgxjob_run_at_jobs_fetch_idx; Type: INDEX; Schema: pgxjob_public; Owner: -
 --
 
-CREATE INDEX pgxjob_job_runs_finished_at_idx ON public.pgxjob_job_runs USING brin (finished_at);
+CREATE INDEX pgxjob_run_at_jobs_fetch_idx ON pgxjob_public.pgxjob_run_at_jobs USING btree (group_id, next_run_at) WHERE (worker_id IS NULL);
 
 --
--- Name: pgxjob_run_at_jobs_fetch_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: pgxjob_run_at_jobs_worker_id_idx; Type: INDEX; Schema: pgxjob_public; Owner: -
 --
 
-CREATE INDEX pgxjob_run_at_jobs_fetch_idx ON public.pgxjob_run_at_jobs USING btree (group_id, next_run_at) WHERE (worker_id IS NULL);
+CREATE INDEX pgxjob_run_at_jobs_worker_id_idx ON pgxjob_public.pgxjob_run_at_jobs USING btree (worker_id) WHERE (worker_id IS NOT NULL);
 
 --
--- Name: pgxjob_run_at_jobs_worker_id_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: pgxjob_groups pgxjob_groups_refuse_delete_in_use; Type: TRIGGER; Schema: pgxjob_public; Owner: -
 --
 
-CREATE INDEX pgxjob_run_at_jobs_worker_id_idx ON public.pgxjob_run_at_jobs USING btree (worker_id) WHERE (worker_id IS NOT NULL);
+CREATE TRIGGER pgxjob_groups_refuse_delete_in_use BEFORE DELETE ON pgxjob_public.pgxjob_groups FOR EACH ROW EXECUTE FUNCTION pgxjob_public.pgxjob_refuse_delete_in_use();
 
 --
--- Name: pgxjob_asap_jobs pgxjob_asap_jobs_worker_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+-- Name: pgxjob_job_types pgxjob_job_types_refuse_delete_in_use; Type: TRIGGER; Schema: pgxjob_public; Owner: -
 --
 
-ALTER TABLE ONLY public.pgxjob_asap_jobs
-    ADD CONSTRAINT pgxjob_asap_jobs_worker_id_fkey FOREIGN KEY (worker_id) REFERENCES public.pgxjob_workers(id) ON DELETE SET NULL;
+CREATE TRIGGER pgxjob_job_types_refuse_delete_in_use BEFORE DELETE ON pgxjob_public.pgxjob_job_types FOR EACH ROW EXECUTE FUNCTION pgxjob_public.pgxjob_refuse_delete_in_use();
 
 --
--- Name: pgxjob_job_types pgxjob_job_types_default_group_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+-- Name: pgxjob_job_types pgxjob_job_types_default_group_id_fkey; Type: FK CONSTRAINT; Schema: pgxjob_public; Owner: -
 --
 
-ALTER TABLE ONLY public.pgxjob_job_types
-    ADD CONSTRAINT pgxjob_job_types_default_group_id_fkey FOREIGN KEY (default_group_id) REFERENCES public.pgxjob_groups(id);
+ALTER TABLE ONLY pgxjob_public.pgxjob_job_types
+    ADD CONSTRAINT pgxjob_job_types_default_group_id_fkey FOREIGN KEY (default_group_id) REFERENCES pgxjob_public.pgxjob_groups(id);
 
 --
--- Name: pgxjob_run_at_jobs pgxjob_run_at_jobs_worker_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+-- Name: pgxjob_workers pgxjob_workers_group_id_fkey; Type: FK CONSTRAINT; Schema: pgxjob_public; Owner: -
 --
 
-ALTER TABLE ONLY public.pgxjob_run_at_jobs
-    ADD CONSTRAINT pgxjob_run_at_jobs_worker_id_fkey FOREIGN KEY (worker_id) REFERENCES public.pgxjob_workers(id) ON DELETE SET NULL;
-
---
--- Name: pgxjob_workers pgxjob_workers_group_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.pgxjob_workers
-    ADD CONSTRAINT pgxjob_workers_group_id_fkey FOREIGN KEY (group_id) REFERENCES public.pgxjob_groups(id);
+ALTER TABLE ONLY pgxjob_public.pgxjob_workers
+    ADD CONSTRAINT pgxjob_workers_group_id_fkey FOREIGN KEY (group_id) REFERENCES pgxjob_public.pgxjob_groups(id);
 
 --
 -- PostgreSQL database dump complete

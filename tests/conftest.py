@@ -44,7 +44,7 @@ def truncate_pgxjob_tables(conninfo: str) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         rows = conn.execute(
             "select c.relname from pg_class c"
-            " where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p')"
+            " where c.relnamespace = 'pgxjob_public'::regnamespace and c.relkind in ('r', 'p')"
             "   and c.relname like 'pgxjob\\_%%' and not (c.relname = any (%s))",
             (list(_KEPT_TABLES),),
         ).fetchall()
@@ -53,7 +53,9 @@ def truncate_pgxjob_tables(conninfo: str) -> None:
         # A worker a previous test leaked would hold locks; fail loudly instead of hanging.
         conn.execute("set lock_timeout = '10s'")
         conn.execute(
-            sql.SQL("truncate {}").format(sql.SQL(", ").join(sql.Identifier(r[0]) for r in rows))
+            sql.SQL("truncate {}").format(
+                sql.SQL(", ").join(sql.Identifier("pgxjob_public", r[0]) for r in rows)
+            )
         )
 
 

@@ -63,10 +63,21 @@ def database_conninfo(dbname: str) -> str:
 
 
 def create_database(prefix: str = "pgxjob_test") -> str:
-    """Create an empty scratch database and return its conninfo."""
+    """Create an empty scratch database and return its conninfo.
+
+    Its sessions search public, then pgxjob's private schema pgxjob_public, so that tests can
+    read pgxjob's tables without a schema name.
+    """
     name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
     with psycopg.connect(admin_conninfo()[0], autocommit=True) as conn:
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        # pgxjob's tables live in its private schema (pgxjob_public for an install into public);
+        # tests inspect them directly, so sessions of a scratch database find them by name.
+        conn.execute(
+            sql.SQL('alter database {} set search_path = "$user", public, pgxjob_public').format(
+                sql.Identifier(name)
+            )
+        )
     return database_conninfo(name)
 
 

@@ -498,6 +498,11 @@ def test_postgresql_restarted_twice_mid_run_loses_and_doubles_nothing(
     private_cluster: PrivateCluster,
 ) -> None:
     execute(private_cluster.conninfo(), "create database chaos")
+    # As on every scratch database: sessions find pgxjob's private tables by name.
+    execute(
+        private_cluster.conninfo(),
+        'alter database chaos set search_path = "$user", public, pgxjob_public',
+    )
     url = private_cluster.conninfo("chaos")
     prepare(url)
     restarts: list[float] = []

@@ -250,10 +250,10 @@ def _failed_run(conninfo: str, job_type: str, error: str) -> int:
         ).fetchone()[0]  # type: ignore[index]
         conn.execute("select * from pgxjob_fetch_jobs(%s, 1000)", (worker_id,))
         conn.execute(
-            "select pgxjob_record_job_results(array[%s]::bigint[], array[0], array[now()],"
-            " array[now()], array[%s], array[null::timestamptz], array[null::int],"
+            "select * from pgxjob_record_job_results(%s, array[%s]::bigint[], array[0],"
+            " array[now()], array[now()], array[%s], array[null::timestamptz], array[null::int],"
             " array[null::interval], array[true])",
-            (job_id, error),
+            (worker_id, job_id, error),
         )
         conn.execute("select pgxjob_unregister_worker(%s)", (worker_id,))
     return job_id

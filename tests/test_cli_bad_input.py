@@ -112,7 +112,8 @@ def snapshot(conn: psycopg.Connection[Any]) -> dict[str, int]:
     tables = [
         row[0]
         for row in conn.execute(
-            "select c.relname from pg_class c where c.relnamespace = 'public'::regnamespace"
+            "select c.relname from pg_class c"
+            " where c.relnamespace in ('public'::regnamespace, 'pgxjob_public'::regnamespace)"
             " and c.relkind in ('r', 'p') and c.relname like 'pgxjob\\_%' order by 1"
         ).fetchall()
     ]

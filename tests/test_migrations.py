@@ -159,7 +159,8 @@ def test_migrating_into_another_schema_keeps_public_clean_and_works_by_qualified
     objects = pgxjob_objects(empty_db_url)
     assert objects
     quoted = f'"{schema}"' if schema != schema.lower() or " " in schema else schema
-    assert {s for s, _ in objects} == {quoted}
+    private = f'"pgxjob_{schema}"' if quoted != schema else f"pgxjob_{schema}"
+    assert {s for s, _ in objects} == {quoted, private}
     assert recorded_versions(empty_db_url, schema) == all_versions()
     with psycopg.connect(empty_db_url) as conn:
         assert current_version(conn, schema) == latest_version()
@@ -170,11 +171,11 @@ def test_migrating_into_another_schema_keeps_public_clean_and_works_by_qualified
     with psycopg.connect(empty_db_url, autocommit=True) as conn:
         conn.execute(f"select {quoted}.pgxjob_register_job_type('t')")
         job_id = conn.execute(f"select {quoted}.pgxjob_schedule('t')").fetchone()
-        rows = conn.execute(f"select id from {quoted}.pgxjob_asap_jobs").fetchall()
+        rows = conn.execute(f"select id from {private}.pgxjob_asap_jobs").fetchall()
         timed = conn.execute(
             f"select {quoted}.pgxjob_schedule('t', run_at => now() + interval '1 hour')"
         ).fetchone()
-        timed_rows = conn.execute(f"select id from {quoted}.pgxjob_run_at_jobs").fetchall()
+        timed_rows = conn.execute(f"select id from {private}.pgxjob_run_at_jobs").fetchall()
     assert job_id is not None and rows == [(job_id[0],)]
     assert timed is not None and timed_rows == [(timed[0],)]
 

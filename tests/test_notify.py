@@ -137,10 +137,10 @@ def test_a_retry_notifies_the_timed_channel(
     received(listener)
 
     producer.execute(
-        "select pgxjob_record_job_results(array[%s::bigint], array[0], array[now()],"
+        "select * from pgxjob_record_job_results(%s, array[%s::bigint], array[0], array[now()],"
         " array[now()], array['boom'], array[now() + interval '1 minute'], array[null::int],"
         " array[null::interval], array[true])",
-        (job[0],),
+        (worker_id[0], job[0]),
     )
     producer.commit()
 

@@ -210,15 +210,15 @@ def test_application_role_schedules_from_a_trigger_on_its_own_table(db: Db) -> N
     assert rows == [('{"order_id" : 1}',), ('{"order_id" : 2}',)]
 
 
-def pgxjob_tables(db: Db) -> list[tuple[str, str, str]]:
-    """(name, kind, first column) of every pgxjob table and sequence."""
+def pgxjob_tables(db: Db) -> list[tuple[str, str, str, str]]:
+    """(name, kind, first column, schema) of every pgxjob table and sequence, in both schemas."""
     return run(
         db.admin,
         "select c.relname::text, c.relkind::text, coalesce(("
         "   select a.attname::text from pg_attribute a"
-        "   where a.attrelid = c.oid and a.attnum = 1), '')"
-        " from pg_class c"
-        " where c.relnamespace = 'public'::regnamespace and c.relname like 'pgxjob\\_%%'"
+        "   where a.attrelid = c.oid and a.attnum = 1), ''), n.nspname::text"
+        " from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+        " where n.nspname in ('public', 'pgxjob_public') and c.relname like 'pgxjob\\_%%'"
         "   and c.relkind in ('r', 'S')"
         " order by 1",
     )
@@ -226,10 +226,10 @@ def pgxjob_tables(db: Db) -> list[tuple[str, str, str]]:
 
 def denied_table_statements(db: Db, *, except_select: set[str] = frozenset()) -> list[sql.Composed]:
     statements = []
-    for name, kind, column in pgxjob_tables(db):
-        table = sql.Identifier(name)
+    for name, kind, column, schema in pgxjob_tables(db):
+        table = sql.Identifier(schema, name)
         if kind == "S":
-            statements.append(sql.SQL("select nextval({})").format(sql.Literal(name)))
+            statements.append(sql.SQL("select nextval({})").format(sql.Literal(f"{schema}.{name}")))
             statements.append(sql.SQL("select last_value from {}").format(table))
             continue
         if name not in except_select:
@@ -254,7 +254,7 @@ def assert_all_denied(conninfo: str, statements: list[Any]) -> None:
 
 
 def test_application_role_reads_and_writes_no_pgxjob_table(db: Db) -> None:
-    names = {name for name, _, _ in pgxjob_tables(db)}
+    names = {name for name, _, _, _ in pgxjob_tables(db)}
     assert {"pgxjob_asap_jobs", "pgxjob_run_at_jobs", "pgxjob_job_runs", "pgxjob_workers"} <= names
     assert_all_denied(db.app, denied_table_statements(db))
 
@@ -262,7 +262,7 @@ def test_application_role_reads_and_writes_no_pgxjob_table(db: Db) -> None:
 def test_application_role_may_execute_only_the_schedule_functions(db: Db) -> None:
     rows = run(
         db.admin,
-        "select p.proname::text from pg_proc p where p.proname like 'pgxjob\\_%%'"
+        "select distinct p.proname::text from pg_proc p where p.proname like 'pgxjob\\_%%'"
         " and has_function_privilege(%s, p.oid, 'execute') order by 1",
         (db.app_role,),
     )

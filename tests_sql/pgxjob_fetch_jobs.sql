@@ -1,7 +1,7 @@
 -- pgxjob_fetch_jobs(worker_id, limit, now): claims a batch of the worker's group for the worker.
 begin;
 \ir helpers.psql
-select plan(26);
+select plan(27);
 
 select t_setup();
 select t_worker('g1') as w1 \gset
@@ -78,19 +78,28 @@ select results_eq(
   'a fetched retry reports its error_count, last_error and original run_at'
 );
 
--- Timed before ASAP; timed in next_run_at order.
+-- ASAP and due timed jobs compete by due time: an ASAP job is due from its insertion, a timed job
+-- from next_run_at; a flood of due retries cannot starve ASAP jobs.
 select pgxjob_schedule('t1') as asap_late \gset
 select pgxjob_schedule('t1', null, null, now() + interval '20 minutes') as timed_b \gset
 select pgxjob_schedule('t1', null, null, now() + interval '10 minutes') as timed_a \gset
 select results_eq(
   format($q$select id from pgxjob_fetch_jobs(%s, 1, now() + interval '30 minutes')$q$, :w1),
-  format('values (%s::bigint)', :timed_a),
-  'a due timed job is claimed before an older ASAP job, earliest next_run_at first'
+  format('values (%s::bigint)', :asap_late),
+  'an ASAP job inserted before the timed jobs fell due is claimed first'
 );
 select results_eq(
   format($q$select id, asap from pgxjob_fetch_jobs(%s, 10, now() + interval '30 minutes')$q$, :w1),
-  format('values (%s::bigint, false), (%s::bigint, true)', :timed_b, :asap_late),
-  'a batch lists its timed jobs before its ASAP jobs'
+  format('values (%s::bigint, false), (%s::bigint, false)', :timed_a, :timed_b),
+  'timed jobs in next_run_at order'
+);
+select pgxjob_schedule('t1', null, null, now() + interval '1 day') as timed_early \gset
+update pgxjob_run_at_jobs set next_run_at = now() - interval '1 hour' where id = :timed_early;
+select pgxjob_schedule('t1') as asap_new \gset
+select results_eq(
+  format($q$select id, asap from pgxjob_fetch_jobs(%s, 10)$q$, :w1),
+  format('values (%s::bigint, false), (%s::bigint, true)', :timed_early, :asap_new),
+  'a timed job that fell due before an ASAP job was inserted comes first, in one batch'
 );
 
 -- Errors
@@ -111,7 +120,7 @@ select pgxjob_schedule('t1', null, null, now() + interval '3 hours') as timed_na
 select results_eq(
   format($q$select id from pgxjob_fetch_jobs(p_worker_id => %s, p_limit => 10,
                                               p_now => now() + interval '3 hours')$q$, :w1),
-  format('select %s::bigint union all (select id from t_five order by id offset 2)', :timed_named),
+  format('(select id from t_five order by id offset 2) union all select %s::bigint', :timed_named),
   'p_now moves the clock; the jobs the unregistered worker released are claimed again'
 );
 select is((select count(*)::int from pgxjob_asap_jobs where worker_id is null), 0,

@@ -67,8 +67,8 @@ select results_eq(
   'a claimed job is locked, not due'
 );
 
-select pgxjob_record_job_results(
-  array[:job_id]::bigint[], array[0], array[now()], array[now()], array['payment declined'],
+select * from pgxjob_record_job_results(
+  :worker_id, array[:job_id]::bigint[], array[0], array[now()], array[now()], array['payment declined'],
   array[null::timestamptz], array[3], array[interval '1 minute'], array[true]
 );
 

@@ -20,7 +20,8 @@ select is(pgxjob_next_run_in(:w), interval '5 minutes', 'the interval to the ear
 select is(pgxjob_next_run_in(:w, now() + interval '7 minutes'), interval '-2 minutes',
   'negative when a job is overdue');
 
-select count(*) from pgxjob_fetch_jobs(:w_other, 1, now() + interval '5 minutes');
+-- The ASAP job and the timed job due in 5 minutes (claimed in due-time order).
+select count(*) from pgxjob_fetch_jobs(:w_other, 2, now() + interval '5 minutes');
 select is(pgxjob_next_run_in(:w), interval '10 minutes', 'owned jobs do not count');
 
 select is(pgxjob_next_run_in(-1), null, 'null for an unknown worker');

@@ -1,7 +1,7 @@
 -- pgxjob_record_job_results(...): every outcome of a run, recorded in one call per batch.
 begin;
 \ir helpers.psql
-select plan(44);
+select plan(56);
 
 select t_setup();
 select t_worker('g1') as w \gset
@@ -89,20 +89,24 @@ select is((select count(*)::int from pgxjob_job_runs where job_id = :retry_job),
   'stale results log no run');
 
 -- Success of a timed job that has failed before
+select t_claim(:retry_job, :w);
 select is(t_record(:retry_job, 2), 1, 'a timed job''s success returns one changed job');
 select is(t_job_table(:retry_job), null, 'a timed job''s success deletes it');
 select results_eq(format('select run_number, error from t_run(%s)', :retry_job),
   $$values (1, 'try again'::text), (2, 'again'::text), (3, null::text)$$,
   'the success is run 3');
 
--- A success deletes the job even when stale: it ran, it must not run again.
+-- A success from the job's owner deletes the job whatever its error_count: it ran, it must not
+-- run again.
 select pgxjob_schedule('t1', null, null, now() + interval '1 second') as stale_ok \gset
 update pgxjob_run_at_jobs set error_count = 1 where id = :stale_ok;
-select is(t_record(:stale_ok, 0), 1, 'a stale success still deletes the job');
+select t_claim(:stale_ok, :w);
+select is(t_record(:stale_ok, 0), 1, 'the owner''s success deletes the job whatever its error_count');
 select is(t_job_table(:stale_ok), null, 'the job that succeeded is gone');
 
 -- Linear backoff, computed on p_now.
 select pgxjob_schedule('t1') as backoff_asap \gset
+select t_claim(:backoff_asap, :w);
 select is(
   t_record(:backoff_asap, 0, 'flaky', p_max_retries => 3, p_base_delay => interval '10 seconds',
            p_now => '2030-01-01 00:00:00+00'),
@@ -112,8 +116,10 @@ select row_eq(
   row(1, '2030-01-01 00:00:10+00'::timestamptz),
   'backoff after the first failure: p_now + 1 * base_delay'
 );
+select t_claim(:backoff_asap, :w);
 select t_record(:backoff_asap, 1, 'flaky', p_max_retries => 3,
                 p_base_delay => interval '10 seconds', p_now => '2030-01-01 00:01:00+00');
+select t_claim(:backoff_asap, :w);
 select t_record(:backoff_asap, 2, 'flaky', p_max_retries => 3,
                 p_base_delay => interval '10 seconds', p_now => '2030-01-01 00:02:00+00');
 select row_eq(
@@ -121,6 +127,7 @@ select row_eq(
   row(3, '2030-01-01 00:02:30+00'::timestamptz),
   'backoff at error count max - 1: p_now + max * base_delay'
 );
+select t_claim(:backoff_asap, :w);
 select is(
   t_record(:backoff_asap, 3, 'flaky', p_max_retries => 3, p_base_delay => interval '10 seconds',
            p_now => '2030-01-01 00:03:00+00'),
@@ -131,17 +138,20 @@ select results_eq(format('select run_number, error from t_run(%s)', :backoff_asa
   'every attempt is logged, the last as run max + 1');
 
 select pgxjob_schedule('t1') as explicit_wins \gset
+select t_claim(:explicit_wins, :w);
 select t_record(:explicit_wins, 0, 'e', now() + interval '1 day', 3, interval '1 second');
 select is((select next_run_at from pgxjob_run_at_jobs where id = :explicit_wins),
   now() + interval '1 day', 'an explicit retry_at wins over the backoff');
 
 -- log = false
 select pgxjob_schedule('t1') as quiet \gset
+select t_claim(:quiet, :w);
 select is(t_record(:quiet, p_log => false), 1, 'a success with log = false is recorded');
 select is(t_job_table(:quiet), null, 'it deletes the job');
 select is((select count(*)::int from pgxjob_job_runs where job_id = :quiet), 0,
   'log = false writes no run row');
 select pgxjob_schedule('t1') as quiet_retry \gset
+select t_claim(:quiet_retry, :w);
 select t_record(:quiet_retry, 0, 'x', now(), p_log => false);
 select is((select count(*)::int from pgxjob_job_runs where job_id = :quiet_retry), 0,
   'a retry with log = false writes no run row');
@@ -151,6 +161,7 @@ select pgxjob_schedule('t1') as dup \gset
 insert into pgxjob_job_runs (job_id, run_number, group_id, type_id, inserted_at, run_at,
                              started_at, finished_at, error)
 values (:dup, 1, 1, 1, now(), now(), now(), now(), 'first');
+select t_claim(:dup, :w);
 select lives_ok(format('select t_record(%s)', :dup), 'a duplicate run key does not error');
 select is(t_job_table(:dup), null, 'the job is still deleted');
 select results_eq(format('select run_number, error from t_run(%s)', :dup),
@@ -163,8 +174,10 @@ select is((select count(*)::int from pgxjob_job_runs where job_id = -1), 0,
 
 create temp table t_batch as
 select id from pgxjob_schedule_many('t1', array['{}', '{}', '{}']::json[]) as id;
+select t_claim(id, :w) from t_batch;
 select is(
-  pgxjob_record_job_results(
+  (select changed from pgxjob_record_job_results(
+    :w,
     array(select id from t_batch order by id) || (select max(id) from t_batch),
     array[0, 0, 0, 0],
     array[now(), now(), now(), now()],
@@ -174,7 +187,7 @@ select is(
     array[null, null, null, null]::int[],
     array[null, null, null, null]::interval[],
     array[true, true, true, true]
-  ),
+  )),
   3, 'a batch records every job once; returns how many changed');
 select is(
   (select count(*)::int from t_batch where t_job_table(id) is null), 2,
@@ -183,14 +196,84 @@ select is(
   (select last_error from pgxjob_run_at_jobs where id = (select max(id) from t_batch)),
   'last result wins', 'a job listed twice in a batch takes its last result');
 
-select is(pgxjob_record_job_results('{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}', '{}'), 0,
+select results_eq(
+  format($q$select * from pgxjob_record_job_results(%s, '{}', '{}', '{}', '{}', '{}', '{}', '{}',
+         '{}', '{}')$q$, :w),
+  $$values (0, '{}'::bigint[])$$,
   'an empty batch changes nothing');
 select throws_ok(
-  $$select pgxjob_record_job_results(array[1::bigint, 2], array[0], array[now(), now()],
+  $$select pgxjob_record_job_results(1, array[1::bigint, 2], array[0], array[now(), now()],
       array[now(), now()], array[null, null]::text[], array[null, null]::timestamptz[],
       array[null, null]::int[], array[null, null]::interval[], array[true, true])$$,
   'PJ005', 'pgxjob: result arrays must all have 2 elements',
   'arrays of different lengths raise PJ005');
+
+select throws_ok(
+  $$select pgxjob_record_job_results(null, array[1::bigint], array[0], array[now()],
+      array[now()], array[null]::text[], array[null]::timestamptz[], array[null]::int[],
+      array[null]::interval[], array[true])$$,
+  'PJ005', null, 'a null worker id raises PJ005');
+select throws_ok(
+  $$select pgxjob_record_job_results(1, array[1::bigint], array[0], array[null::timestamptz],
+      array[now()], array[null]::text[], array[null]::timestamptz[], array[null]::int[],
+      array[null]::interval[], array[true])$$,
+  'PJ005', null, 'a null start time raises PJ005 instead of failing inside the batch');
+
+-- Fencing: a result counts only while the reporting worker owns the job.
+select t_worker('g1') as w_other \gset
+select pgxjob_schedule('t1') as fenced_ok \gset
+select pgxjob_schedule('t1') as fenced_retry \gset
+select pgxjob_schedule('t1', null, null, now() + interval '1 second') as fenced_fail \gset
+select t_claim(:fenced_ok, :w_other);
+select t_claim(:fenced_retry, :w_other);
+select t_claim(:fenced_fail, :w_other);
+select results_eq(
+  format($q$select * from pgxjob_record_job_results(%s,
+      array[%s, %s, %s]::bigint[], array[0, 0, 0], array[now(), now(), now()],
+      array[now(), now(), now()], array[null, 'late retry', 'late failure'],
+      array[null, now() + interval '1 hour', null]::timestamptz[],
+      array[null, null, null]::int[], array[null, null, null]::interval[],
+      array[true, true, true])$q$, :w, :fenced_ok, :fenced_retry, :fenced_fail),
+  format($q$values (0, array[%s, %s, %s]::bigint[])$q$, :fenced_ok, :fenced_retry, :fenced_fail),
+  'results from a worker that does not own the jobs are stale: nothing changes, their ids return'
+);
+select results_eq(
+  format($q$select id, worker_id from pgxjob_asap_jobs where id in (%s, %s)
+            union all select id, worker_id from pgxjob_run_at_jobs where id = %s
+            order by id$q$, :fenced_ok, :fenced_retry, :fenced_fail),
+  format($q$values (%s::bigint, %s), (%s, %s), (%s, %s)$q$,
+         :fenced_ok, :w_other, :fenced_retry, :w_other, :fenced_fail, :w_other),
+  'the jobs stay where they were, owned by the worker running them'
+);
+select is((select count(*)::int from pgxjob_job_runs where job_id in (:fenced_ok, :fenced_retry, :fenced_fail)),
+  0, 'stale results log no run');
+select is(t_record(:fenced_retry, 0, 'real retry', now() + interval '1 hour'), 1,
+  'the owner''s own result then applies');
+
+-- A row that cannot be applied as asked is a final failure that says why; the rest still apply.
+select pgxjob_schedule('t1') as poison \gset
+select pgxjob_schedule('t1') as healthy \gset
+select t_claim(:poison, :w);
+select t_claim(:healthy, :w);
+select results_eq(
+  format($q$select * from pgxjob_record_job_results(%s,
+      array[%s, %s]::bigint[], array[0, 0], array[now(), now()], array[now(), now()],
+      array['flaky', null], array[null, null]::timestamptz[], array[5, null],
+      array[interval '1000000000 days', null], array[true, true])$q$, :w, :poison, :healthy),
+  $$values (2, '{}'::bigint[])$$,
+  'a retry time out of range does not fail the batch'
+);
+select is(t_job_table(:poison), null, 'the unappliable retry became a final failure');
+select matches((select error from pgxjob_job_runs where job_id = :poison),
+  '^flaky\n\(pgxjob: the retry time .* is out of range; recorded as a final failure\)$',
+  'its run-log error keeps the handler''s error and says why');
+select is(t_job_table(:healthy), null, 'the other result of the batch is recorded');
+select pgxjob_schedule('t1', null, null, now() + interval '1 second') as maxed \gset
+update pgxjob_run_at_jobs set error_count = 2147483647 where id = :maxed;
+select t_claim(:maxed, :w);
+select is(t_record(:maxed, 2147483647, 'again', now() + interval '1 hour'), 1,
+  'a retry of a job at the largest error_count is recorded');
+select is(t_job_table(:maxed), null, 'as a final failure');
 
 select * from finish();
 rollback;

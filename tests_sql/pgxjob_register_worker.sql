@@ -1,7 +1,7 @@
--- pgxjob_register_worker(group_name, dead_after, now): adds a worker row, reaping dead ones.
+-- pgxjob_register_worker(group_name, dead_after, now): adds a worker row; reaps nobody.
 begin;
 \ir helpers.psql
-select plan(11);
+select plan(13);
 
 select t_setup();
 
@@ -19,13 +19,13 @@ select is(
   'p_now defaults to now(); named notation works'
 );
 select is(
-  (select count(*)::int from pgxjob_workers where id = :w), 0,
-  'registering a worker reaps a worker that has been silent longer than its dead_after'
+  (select count(*)::int from pgxjob_workers where id = :w), 1,
+  'registering reaps nobody: a worker starting after an outage must not take the others for dead'
 );
 
 select pgxjob_register_worker('g1', interval '5 minutes') as w2 \gset
 select isnt(:w2, :w_default, 'each registration makes a new worker');
-select is((select count(*)::int from pgxjob_workers), 2, 'the live workers remain');
+select is((select count(*)::int from pgxjob_workers), 3, 'every worker remains');
 
 select throws_ok($$select pgxjob_register_worker('nope', interval '1 minute')$$, 'PJ002',
   'pgxjob: unknown group "nope"', 'an unknown group raises PJ002');
@@ -39,6 +39,11 @@ select throws_ok($$select pgxjob_register_worker('g1', interval '0')$$, 'PJ005',
   'a zero dead_after raises PJ005');
 select throws_ok($$select pgxjob_register_worker('g1', interval '-1 second')$$, 'PJ005', null,
   'a negative dead_after raises PJ005');
+
+select throws_ok($$select pgxjob_register_worker('g1', interval '2 years')$$, 'PJ005', null,
+  'a dead_after over a year raises PJ005');
+select throws_ok($$select pgxjob_register_worker('g1', interval '1 minute', 'infinity')$$, 'PJ005',
+  null, 'an infinite p_now raises PJ005');
 
 select * from finish();
 rollback;

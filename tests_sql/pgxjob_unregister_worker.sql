@@ -8,8 +8,8 @@ select t_worker('g1') as w \gset
 select t_worker('g1') as other \gset
 select pgxjob_schedule('t1') as asap \gset
 select pgxjob_schedule('t1', null, null, now() + interval '1 second') as timed \gset
-select pgxjob_schedule('t1') as others_job \gset
 select count(*) from pgxjob_fetch_jobs(:w, 2, now() + interval '1 second');
+select pgxjob_schedule('t1') as others_job \gset
 select count(*) from pgxjob_fetch_jobs(:other, 10, now() + interval '1 second');
 select is(t_owner(:others_job), :other, 'the other worker owns the third job');
 

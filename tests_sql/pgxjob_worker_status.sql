@@ -11,12 +11,12 @@ select is_empty(
   'no worker: no rows'
 );
 
-select t_worker('g1', now() - interval '10 seconds') as w1 \gset
-select t_worker('default') as w2 \gset
+select t_worker('g1') as w1 \gset
+select t_worker('default', now() + interval '5 seconds') as w2 \gset
 
 select results_eq(
   format('select worker_id, group_name, heartbeat_age, dead_after, alive, locked_jobs
-          from pgxjob_worker_status() where worker_id = %s', :w1),
+          from pgxjob_worker_status(now() + interval ''10 seconds'') where worker_id = %s', :w1),
   format('values (%s, %L, interval %L, interval %L, true, 0::bigint)',
     :w1, 'g1', '10 seconds', '1 minute'),
   'a fresh worker is alive, with its group, heartbeat age and dead_after'
@@ -41,19 +41,19 @@ select is(
 );
 
 select is(
-  (select alive from pgxjob_worker_status(now() + interval '50 seconds') where worker_id = :w1),
+  (select alive from pgxjob_worker_status(now() + interval '60 seconds') where worker_id = :w1),
   true,
   'a worker is alive until heartbeat_at + dead_after'
 );
 
 select is(
-  (select alive from pgxjob_worker_status(now() + interval '51 seconds') where worker_id = :w1),
+  (select alive from pgxjob_worker_status(now() + interval '61 seconds') where worker_id = :w1),
   false,
   'a worker is dead once heartbeat_at + dead_after has passed'
 );
 
 -- The reaper agrees: at the moment status calls w1 dead, reaping removes exactly it.
-select pgxjob_reap_dead_workers(now() + interval '51 seconds');
+select pgxjob_reap_dead_workers(now() + interval '61 seconds');
 select results_eq(
   'select worker_id from pgxjob_worker_status()',
   format('values (%s)', :w2),

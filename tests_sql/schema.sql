@@ -2,22 +2,29 @@
 -- users, triggers and the Python package rely on.
 begin;
 \ir helpers.psql
-select plan(47);
+select plan(49);
 
 -- Tables
 select results_eq(
   $$select c.relname::text collate "default" from pg_class c
-    where c.relnamespace = 'public'::regnamespace and c.relkind = 'r' and c.relname like 'pgxjob\_%'
+    where c.relnamespace = 'pgxjob_public'::regnamespace and c.relkind = 'r'
     order by 1$$,
   array['pgxjob_asap_jobs', 'pgxjob_groups', 'pgxjob_job_runs', 'pgxjob_job_types',
-        'pgxjob_run_at_jobs', 'pgxjob_schema_migrations', 'pgxjob_workers'],
-  'pgxjob has exactly its seven tables'
+        'pgxjob_run_at_jobs', 'pgxjob_workers'],
+  'the private schema holds pgxjob''s six tables'
+);
+select results_eq(
+  $$select c.relname::text collate "default" from pg_class c
+    where c.relnamespace = 'public'::regnamespace and c.relkind = 'r' and c.relname like 'pgxjob\_%'
+    order by 1$$,
+  array['pgxjob_schema_migrations'],
+  'the install schema holds only the version table'
 );
 
 select columns_are('pgxjob_groups', array['id', 'name']);
 select columns_are('pgxjob_job_types', array['id', 'name', 'default_group_id']);
 select columns_are('pgxjob_workers',
-  array['id', 'group_id', 'inserted_at', 'heartbeat_at', 'dead_after']);
+  array['id', 'group_id', 'inserted_at', 'heartbeat_at', 'dead_after', 'previous_heartbeat_at']);
 select columns_are('pgxjob_asap_jobs',
   array['id', 'inserted_at', 'group_id', 'type_id', 'worker_id', 'params']);
 select columns_are('pgxjob_run_at_jobs',
@@ -42,16 +49,17 @@ select col_default_is('pgxjob_run_at_jobs', 'id', $$nextval('pgxjob_job_id_seq':
 select col_is_pk('pgxjob_job_runs', array['job_id', 'run_number'],
   'the run log is keyed by (job_id, run_number)');
 
--- Foreign keys: worker_id releases jobs on worker deletion; no FK to groups/types on hot tables.
-select fk_ok('pgxjob_asap_jobs', 'worker_id', 'pgxjob_workers', 'id');
-select fk_ok('pgxjob_run_at_jobs', 'worker_id', 'pgxjob_workers', 'id');
-select results_eq(
-  $$select conrelid::regclass::text, confdeltype::text from pg_constraint
-    where contype = 'f' and conrelid in ('pgxjob_asap_jobs'::regclass, 'pgxjob_run_at_jobs'::regclass)
-    order by 1$$,
-  $$values ('pgxjob_asap_jobs', 'n'), ('pgxjob_run_at_jobs', 'n')$$,
-  'the hot tables have one foreign key each, to workers, on delete set null'
+-- No foreign keys on the hot tables: the reaper and unregistering release a worker's jobs
+-- explicitly, in the global lock order, and a claim pays no KEY SHARE lock per row.
+select is_empty(
+  $$select conname from pg_constraint
+    where contype = 'f' and conrelid in ('pgxjob_asap_jobs'::regclass, 'pgxjob_run_at_jobs'::regclass)$$,
+  'the hot tables have no foreign key'
 );
+select has_trigger('pgxjob_job_types', 'pgxjob_job_types_refuse_delete_in_use',
+  'a job type that jobs still use cannot be deleted');
+select has_trigger('pgxjob_groups', 'pgxjob_groups_refuse_delete_in_use',
+  'a group that jobs still use cannot be deleted');
 
 -- Indexes
 select indexes_are('pgxjob_asap_jobs',
@@ -92,13 +100,12 @@ select is_empty(
       'pgxjob_linear_backoff(integer,integer,interval,timestamp with time zone)',
       'pgxjob_next_run_in(integer,timestamp with time zone)',
       'pgxjob_prune_job_runs(interval)',
-      'pgxjob_reap_dead_workers(timestamp with time zone)',
+      'pgxjob_reap_dead_workers(timestamp with time zone,integer)',
       'pgxjob_release_unknown_jobs(integer,bigint[])',
-      'pgxjob_record_job_results(bigint[],integer[],timestamp with time zone[],timestamp with time zone[],text[],timestamp with time zone[],integer[],interval[],boolean[],timestamp with time zone)',
+      'pgxjob_record_job_results(integer,bigint[],integer[],timestamp with time zone[],timestamp with time zone[],text[],timestamp with time zone[],integer[],interval[],boolean[],timestamp with time zone)',
       'pgxjob_register_group(text)',
       'pgxjob_register_job_type(text,text)',
       'pgxjob_register_worker(text,interval,timestamp with time zone)',
-      'pgxjob_resolve_job_target(text,text)',
       'pgxjob_schedule(text,json,text,timestamp with time zone)',
       'pgxjob_schedule_many(text,json[],text,timestamp with time zone)',
       'pgxjob_unregister_worker(integer)',
@@ -112,16 +119,30 @@ select is_empty(
 select is_empty(
   $$select p.proname from pg_proc p
     where p.proname like 'pgxjob\_%'
-    group by p.proname
+    group by p.pronamespace, p.proname
     having count(*) > 1$$,
   'no pgxjob function is overloaded (overloads make literal arguments ambiguous)'
 );
 
 select is_empty(
   $$select p.oid::regprocedure::text from pg_proc p
-    where p.proname like 'pgxjob\_%'
-      and not ('search_path=public, pg_temp' = any (coalesce(p.proconfig, '{}')))$$,
-  'every pgxjob function pins search_path to its schema, then pg_temp'
+    where p.pronamespace = 'pgxjob_public'::regnamespace
+      and p.proconfig is distinct from array['search_path=pgxjob_public, pg_temp']$$,
+  'every implementation pins search_path to the private schema, then pg_temp, and nothing else'
+);
+select is_empty(
+  $$select p.oid::regprocedure::text from pg_proc p
+    where p.pronamespace = 'public'::regnamespace and p.proname like 'pgxjob\_%'
+      and not (p.prolang = (select oid from pg_language where lanname = 'sql')
+               and not p.prosecdef and p.proconfig is null
+               and p.prosrc ~ ('^-- pgxjob wrapper\nselect (\* from )?pgxjob_public\.'
+                               || p.proname || '\(((\$[0-9]+)(, \$[0-9]+)*)?\)$')
+               and exists (select 1 from pg_proc i
+                           where i.pronamespace = 'pgxjob_public'::regnamespace
+                             and i.proname = p.proname
+                             and i.proargtypes = p.proargtypes))$$,
+  'every function of the install schema is a security invoker SQL wrapper that calls only its '
+  'implementation, schema-qualified'
 );
 
 select function_returns('pgxjob_schedule', array['text', 'json', 'text', 'timestamp with time zone'], 'bigint');

@@ -4,7 +4,7 @@
 -- carry a random suffix; CREATE ROLE is transactional and the final rollback drops them.
 begin;
 \ir helpers.psql
-select plan(32);
+select plan(34);
 
 select t_setup();
 
@@ -20,48 +20,88 @@ create role :"odd_role" nologin;
 -- Nothing for PUBLIC
 select is_empty(
   $$select p.oid::regprocedure::text from pg_proc p
-    where p.pronamespace = 'public'::regnamespace and p.proname like 'pgxjob\_%'
+    where p.pronamespace in ('public'::regnamespace, 'pgxjob_public'::regnamespace)
+      and p.proname like 'pgxjob\_%'
       and has_function_privilege('public', p.oid, 'execute')$$,
   'PUBLIC may execute no pgxjob function'
 );
 select is_empty(
   $$select c.relname from pg_class c
     cross join lateral aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a
-    where c.relnamespace = 'public'::regnamespace and c.relname like 'pgxjob\_%'
+    where c.relnamespace in ('public'::regnamespace, 'pgxjob_public'::regnamespace)
+      and c.relname like 'pgxjob\_%'
       and c.relkind in ('r', 'p', 'v', 'm', 'S')
       and a.grantee = 0$$,
   'PUBLIC has no privilege on any pgxjob table or sequence'
 );
+select is_empty(
+  $$select a.privilege_type from pg_namespace n
+    cross join lateral aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+    where n.nspname = 'pgxjob_public' and a.grantee <> n.nspowner$$,
+  'only the owner has any right on the private schema until roles are granted'
+);
 
--- Security definer where needed, invoker elsewhere, search_path pinned on all of them
+-- The rule: a function that runs with the owner's rights (security definer, or any function the
+-- owner may call) resolves names only through schemas that no other role can create objects in,
+-- with pg_temp last. Checked for every pgxjob function, whatever migration made it.
+select is_empty(
+  $$select p.oid::regprocedure::text from pg_proc p
+    where p.proname like 'pgxjob\_%'
+      and p.pronamespace <> 'public'::regnamespace
+      and not (
+        p.proconfig is not null
+        and exists (select 1 from unnest(p.proconfig) c
+                    where c ~ '^search_path=.*, pg_temp$')
+        and not exists (
+          select 1
+          from unnest(p.proconfig) c
+          cross join lateral unnest(string_to_array(
+            substr(c, length('search_path=') + 1), ', ')) as path(schema_name)
+          where c like 'search_path=%'
+            and path.schema_name <> 'pg_temp'
+            and (
+              not exists (select 1 from pg_namespace n where n.nspname = path.schema_name
+                          and n.nspowner = p.proowner)
+              or exists (
+                select 1 from pg_namespace n
+                cross join lateral aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+                where n.nspname = path.schema_name
+                  and a.privilege_type = 'CREATE' and a.grantee <> n.nspowner)
+            )
+        )
+      )$$,
+  'every implementation pins a search_path of owner-only schemas ending in pg_temp'
+);
 select is_empty(
   $$select p.oid::regprocedure::text from pg_proc p
     where p.pronamespace = 'public'::regnamespace and p.proname like 'pgxjob\_%'
-      and p.proname not in ('pgxjob_linear_backoff', 'pgxjob_resolve_job_target',
-                            'pgxjob_grant_privileges', 'pgxjob_grant_application',
-                            'pgxjob_grant_worker')
+      and (p.prosecdef or p.prosrc !~ '^-- pgxjob wrapper\nselect (\* from )?pgxjob_public\.')$$,
+  'the install schema holds only security invoker wrappers that call the private schema by name'
+);
+
+-- Security definer where needed, invoker elsewhere
+select is_empty(
+  $$select p.oid::regprocedure::text from pg_proc p
+    where p.pronamespace = 'pgxjob_public'::regnamespace
+      and p.proname not in ('pgxjob_linear_backoff', 'pgxjob_grant_privileges',
+                            'pgxjob_grant_application', 'pgxjob_grant_worker',
+                            'pgxjob_check_name', 'pgxjob_check_now', 'pgxjob_backoff_time',
+                            'pgxjob_api_schema', 'pgxjob_refuse_delete_in_use',
+                            'pgxjob_publish_functions')
       and not p.prosecdef$$,
-  'every pgxjob function that touches a table is security definer'
+  'every pgxjob implementation that touches a table is security definer'
 );
 select is_empty(
   $$select p.oid::regprocedure::text from pg_proc p
-    where p.pronamespace = 'public'::regnamespace
-      and p.proname in ('pgxjob_linear_backoff', 'pgxjob_resolve_job_target',
-                        'pgxjob_grant_privileges', 'pgxjob_grant_application',
-                        'pgxjob_grant_worker')
+    where p.proname in ('pgxjob_linear_backoff', 'pgxjob_grant_privileges',
+                        'pgxjob_grant_application', 'pgxjob_grant_worker',
+                        'pgxjob_publish_functions')
       and p.prosecdef$$,
-  'the pure, internal and grant functions keep the caller''s rights'
-);
-select is_empty(
-  $$select p.oid::regprocedure::text from pg_proc p
-    where p.proname like 'pgxjob\_%' and p.prosecdef
-      and not ('search_path=public, pg_temp' = any (coalesce(p.proconfig, '{}')))$$,
-  'every security definer function pins search_path to its schema, then pg_temp'
+  'the pure and grant functions keep the caller''s rights'
 );
 select is(
   (select count(*)::int from pg_proc p
-   where p.pronamespace = 'public'::regnamespace and p.proname like 'pgxjob\_%'
-     and p.prosecdef) >= 12,
+   where p.pronamespace = 'pgxjob_public'::regnamespace and p.prosecdef) >= 12,
   true,
   'the core functions are among the security definer ones'
 );
@@ -71,6 +111,7 @@ select results_eq(
   format('select g collate "default" from pgxjob_grant_application(%L) g', :'app_role'),
   $$values
     ('usage on schema public'),
+    ('usage on schema pgxjob_public'),
     ('execute on function pgxjob_schedule(job_type text, params json, group_name text, '
      'run_at timestamp with time zone)'),
     ('execute on function pgxjob_schedule_many(job_type text, params json[], group_name text, '
@@ -81,7 +122,7 @@ select results_eq(
   format($$select p.proname::text collate "default" from pg_proc p
            where p.proname like 'pgxjob\_%%' and has_function_privilege(%L, p.oid, 'execute')
            order by 1$$, :'app_role'),
-  array['pgxjob_schedule', 'pgxjob_schedule_many'],
+  array['pgxjob_schedule', 'pgxjob_schedule', 'pgxjob_schedule_many', 'pgxjob_schedule_many'],
   'the application role may execute pgxjob_schedule and pgxjob_schedule_many only'
 );
 select is_empty(
@@ -101,7 +142,7 @@ select ok(
 select ok(has_function_privilege(:'worker_role', 'pgxjob_fetch_jobs(int, int, timestamptz)', 'execute'),
   'the worker role may fetch jobs');
 select ok(has_function_privilege(:'worker_role',
-    'pgxjob_record_job_results(bigint[], int[], timestamptz[], timestamptz[], text[], timestamptz[], int[], interval[], boolean[], timestamptz)',
+    'pgxjob_record_job_results(int, bigint[], int[], timestamptz[], timestamptz[], text[], timestamptz[], int[], interval[], boolean[], timestamptz)',
     'execute'),
   'the worker role may record results');
 select ok(has_function_privilege(:'worker_role', 'pgxjob_status(int, timestamptz)', 'execute'),
@@ -186,7 +227,7 @@ select lives_ok($$select public.pgxjob_schedule('t1')$$,
   'pgxjob_schedule works with a shadowing schema first on the search_path');
 select ok(
   (select count(*) from t_evil.pgxjob_asap_jobs) = 0
-    and (select count(*) from public.pgxjob_asap_jobs) = 2,
+    and (select count(*) from pgxjob_public.pgxjob_asap_jobs) = 2,
   'the job went into pgxjob''s table, not the shadow'
 );
 
