@@ -33,16 +33,19 @@ _UNSTABLE = re.compile(r"^(-- Dumped (from database|by pg_dump) version .*|\\(un
 
 def dump_schema() -> str:
     """The normalised schema-only dump of a scratch database migrated from zero."""
+    with scratch_database("pgxjob_schema") as conninfo:
+        migrate(conninfo)
+        dump = dump_database(conninfo)
+    return HEADER + "\n" + dump
+
+
+def dump_database(conninfo: str, *, privileges: bool = False) -> str:
+    """The normalised schema-only dump of a database, with its grants when privileges is true."""
     pg_dump = shutil.which("pg_dump")
     if pg_dump is None:
         raise SystemExit("schema_snapshot: pg_dump is not on PATH; install the PostgreSQL client")
-    with scratch_database("pgxjob_schema") as conninfo:
-        migrate(conninfo)
-        proc = subprocess.run(
-            [pg_dump, "--schema-only", "--no-owner", "--no-privileges", "--dbname", conninfo],
-            capture_output=True,
-            text=True,
-        )
+    options = ["--schema-only", "--no-owner"] + ([] if privileges else ["--no-privileges"])
+    proc = subprocess.run([pg_dump, *options, "--dbname", conninfo], capture_output=True, text=True)
     if proc.returncode != 0:
         # The snapshot is made on PostgreSQL 15 with its pg_dump: an older pg_dump refuses a
         # newer server (the embedded one), and another version would dump differently anyway.
@@ -50,12 +53,11 @@ def dump_schema() -> str:
             f"schema_snapshot: pg_dump failed: {proc.stderr.strip()}; set DATABASE_URL to a "
             "PostgreSQL 15 server (the snapshot is made with PostgreSQL 15's pg_dump)"
         )
-    dump = proc.stdout
-    lines = [line for line in dump.splitlines() if not _UNSTABLE.match(line)]
+    lines = [line for line in proc.stdout.splitlines() if not _UNSTABLE.match(line)]
     text = "\n".join(lines)
     # Dropping lines can leave runs of blank lines; keep at most one.
     text = re.sub(r"\n{3,}", "\n\n", text).strip("\n")
-    return HEADER + "\n" + text + "\n"
+    return text + "\n"
 
 
 def main(argv: list[str]) -> int:
