@@ -38,11 +38,10 @@ alter table pgxjob_workers add column previous_heartbeat_at timestamptz;
 update pgxjob_workers set previous_heartbeat_at = heartbeat_at;
 alter table pgxjob_workers alter column previous_heartbeat_at set not null;
 
--- Error codes (SQLSTATE class PJ), in addition to PJ001-PJ005 of 0001:
---   PJ006 a job type or group that jobs or workers still use cannot be deleted
-
 -- Job types and groups that jobs still use cannot be deleted: the jobs would never run (no
--- handler can be found for a type id that is gone), and a timed one would look due for ever.
+-- handler can be found for a type id that is gone), and a timed one would look due for ever. The
+-- error is the one a foreign key with ON DELETE RESTRICT raises (23503), which the hot tables do
+-- not have because its check would lock the type and group rows on every insert.
 create function pgxjob_refuse_delete_in_use()
 returns trigger
 language plpgsql
@@ -62,7 +61,7 @@ begin
   if v_jobs then
     raise exception 'pgxjob: % "%" still has jobs and cannot be deleted',
       case tg_table_name when 'pgxjob_job_types' then 'job type' else 'group' end, old.name
-      using errcode = 'PJ006',
+      using errcode = 'foreign_key_violation',
             hint = 'Let its jobs finish (or delete them) first.';
   end if;
 
@@ -99,6 +98,50 @@ begin
       octet_length(p_name)
       using errcode = 'PJ003',
             hint = 'Use a shorter name; names are identifiers, not data.';
+  end if;
+end;
+$$;
+
+-- Resolves a job type and an optional group name to ids and the group's name. Shared by
+-- pgxjob_schedule and pgxjob_schedule_many so both raise the same errors. Both names are checked,
+-- so a name too long to exist raises PJ003 rather than "unknown".
+create or replace function pgxjob_resolve_job_target(
+  job_type text,
+  group_name text,
+  out type_id int,
+  out group_id int,
+  out resolved_group_name text
+)
+language plpgsql
+stable
+called on null input
+as $$
+begin
+  perform pgxjob_check_name('job type', job_type);
+  if group_name is not null then
+    perform pgxjob_check_name('group name', group_name);
+  end if;
+
+  select t.id, g.id, g.name
+  into type_id, group_id, resolved_group_name
+  from pgxjob_job_types t
+  left join pgxjob_groups g
+    on g.id = t.default_group_id and group_name is null
+    or g.name = group_name
+  where t.name = job_type;
+
+  if type_id is null then
+    raise exception 'pgxjob: unknown job type "%"', job_type
+      using errcode = 'PJ001',
+            hint = format('Register it with select pgxjob_register_job_type(%L, ''default''); '
+                          'or declare it in the Python Scheduler''s job_types.', job_type);
+  end if;
+
+  if group_id is null then
+    raise exception 'pgxjob: unknown group "%"', group_name
+      using errcode = 'PJ002',
+            hint = format('Register it with select pgxjob_register_group(%L); '
+                          'or declare it in the Python Scheduler''s job_groups.', group_name);
   end if;
 end;
 $$;
@@ -1213,7 +1256,7 @@ begin
           'pgxjob_resolve_job_target', 'pgxjob_release_jobs_of', 'pgxjob_apply_job_results',
           'pgxjob_refuse_delete_in_use', 'pgxjob_api_schema', 'pgxjob_schema_version'],
     array['pgxjob_grant_privileges', 'pgxjob_grant_application', 'pgxjob_grant_worker',
-          'pgxjob_linear_backoff', 'pgxjob_check_name', 'pgxjob_check_now',
+          'pgxjob_check_name', 'pgxjob_check_now',
           'pgxjob_backoff_time', 'pgxjob_api_schema', 'pgxjob_refuse_delete_in_use']
   );
 

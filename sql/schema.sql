@@ -544,7 +544,7 @@ $$;
 --
 
 CREATE FUNCTION pgxjob_public.pgxjob_linear_backoff(error_count integer, max_retries integer, base_delay interval, p_now timestamp with time zone DEFAULT now()) RETURNS timestamp with time zone
-    LANGUAGE plpgsql STABLE STRICT
+    LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 declare
@@ -975,7 +975,7 @@ begin
   if v_jobs then
     raise exception 'pgxjob: % "%" still has jobs and cannot be deleted',
       case tg_table_name when 'pgxjob_job_types' then 'job type' else 'group' end, old.name
-      using errcode = 'PJ006',
+      using errcode = 'foreign_key_violation',
             hint = 'Let its jobs finish (or delete them) first.';
   end if;
 
@@ -1175,6 +1175,9 @@ CREATE FUNCTION pgxjob_public.pgxjob_resolve_job_target(job_type text, group_nam
     AS $$
 begin
   perform pgxjob_check_name('job type', job_type);
+  if group_name is not null then
+    perform pgxjob_check_name('group name', group_name);
+  end if;
 
   select t.id, g.id, g.name
   into type_id, group_id, resolved_group_name

@@ -186,9 +186,9 @@ def expected_name_error(name: str, *, unknown: type[Exception]) -> type[Exceptio
     if "\x00" in name:
         # psycopg refuses to send text with NUL before anything reaches the database.
         return psycopg.DataError
-    if name == "" or len(name) > 1000:
-        # A job type name is checked before the lookup; a group name is only looked up.
-        return InvalidNameError if unknown is UnknownJobTypeError else UnknownGroupError
+    if name == "" or len(name.encode()) > 1000:
+        # Names are checked (in UTF-8 bytes) before they are looked up.
+        return InvalidNameError
     return unknown
 
 
@@ -563,9 +563,12 @@ def test_sql_api_round_trips_or_raises_a_pgxjob_sqlstate(
     assume(params is None or not contains_nul(json.loads(params)))
     type_known = registered(conn, "pgxjob_job_types", type_name)
     group_known = group_name is None or registered(conn, "pgxjob_groups", group_name)
+    def bad(name: str | None) -> bool:
+        return name is not None and (name == "" or len(name.encode()) > 1000)
+
     expected = (
         "PJ003"
-        if type_name == ""
+        if bad(type_name) or bad(group_name)
         else "PJ001"
         if not type_known
         else "PJ002"

@@ -508,7 +508,7 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
 
 def ids(conn: psycopg.Connection[Any]) -> tuple[int, int]:
     row = conn.execute(
-        "select g.id, t.id from public.pgxjob_groups g, public.pgxjob_job_types t"
+        "select g.id, t.id from pgxjob_public.pgxjob_groups g, pgxjob_public.pgxjob_job_types t"
         " where g.name operator(pg_catalog.=) %s::text"
         "   and t.name operator(pg_catalog.=) %s::text",
         (GROUP, JOB_TYPE),
@@ -520,9 +520,11 @@ def ids(conn: psycopg.Connection[Any]) -> tuple[int, int]:
 def add_worker(conn: psycopg.Connection[Any], heartbeat_at: dt.datetime) -> int:
     group_id, _ = ids(conn)
     row = conn.execute(
-        "insert into public.pgxjob_workers (group_id, inserted_at, heartbeat_at, dead_after)"
-        " values (%s::int, %s::timestamptz, %s::timestamptz, interval '1 minute') returning id",
-        (group_id, heartbeat_at, heartbeat_at),
+        "insert into pgxjob_public.pgxjob_workers (group_id, inserted_at, heartbeat_at,"
+        " previous_heartbeat_at, dead_after)"
+        " values (%s::int, %s::timestamptz, %s::timestamptz, %s::timestamptz, interval '1 minute')"
+        " returning id",
+        (group_id, heartbeat_at, heartbeat_at, heartbeat_at),
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -531,7 +533,7 @@ def add_worker(conn: psycopg.Connection[Any], heartbeat_at: dt.datetime) -> int:
 def add_asap_job(conn: psycopg.Connection[Any], worker_id: int | None = None) -> int:
     group_id, type_id = ids(conn)
     row = conn.execute(
-        "insert into public.pgxjob_asap_jobs (group_id, type_id, worker_id, params, inserted_at)"
+        "insert into pgxjob_public.pgxjob_asap_jobs (group_id, type_id, worker_id, params, inserted_at)"
         " values (%s::int, %s::int, %s::int, '{\"n\": 1}'::json, %s::timestamptz) returning id",
         (group_id, type_id, worker_id, NOW - dt.timedelta(minutes=1)),
     ).fetchone()
@@ -544,7 +546,7 @@ def add_timed_job(
 ) -> int:
     group_id, type_id = ids(conn)
     row = conn.execute(
-        "insert into public.pgxjob_run_at_jobs"
+        "insert into pgxjob_public.pgxjob_run_at_jobs"
         " (group_id, type_id, worker_id, run_at, next_run_at, params, inserted_at)"
         " values (%s::int, %s::int, %s::int, %s::timestamptz, %s::timestamptz, null,"
         " %s::timestamptz) returning id",
@@ -557,9 +559,9 @@ def add_timed_job(
 def add_run(conn: psycopg.Connection[Any], finished_at: dt.datetime, error: str | None) -> None:
     group_id, type_id = ids(conn)
     conn.execute(
-        "insert into public.pgxjob_job_runs (job_id, run_number, group_id, type_id, inserted_at,"
+        "insert into pgxjob_public.pgxjob_job_runs (job_id, run_number, group_id, type_id, inserted_at,"
         " run_at, started_at, finished_at, params, error)"
-        " values (pg_catalog.nextval('public.pgxjob_job_id_seq'), 1, %s::int, %s::int,"
+        " values (pg_catalog.nextval('pgxjob_public.pgxjob_job_id_seq'), 1, %s::int, %s::int,"
         " %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::timestamptz, null, %s::text)",
         (group_id, type_id, finished_at, finished_at, finished_at, finished_at, error),
     )

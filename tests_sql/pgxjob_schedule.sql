@@ -101,8 +101,8 @@ select throws_ok($$select pgxjob_schedule($x$n'o"pe;$x$)$$, 'PJ001',
   $$pgxjob: unknown job type "n'o"pe;"$$, 'an unknown odd name is reported as it is');
 select throws_ok($$select pgxjob_schedule('t1', group_name => 'nope')$$, 'PJ002',
   'pgxjob: unknown group "nope"', 'an unknown group raises PJ002 naming it');
-select throws_ok($$select pgxjob_schedule('t1', group_name => '')$$, 'PJ002',
-  'pgxjob: unknown group ""', 'an empty group name is an unknown group');
+select throws_ok($$select pgxjob_schedule('t1', group_name => '')$$, 'PJ003',
+  'pgxjob: group name must not be null or empty', 'an empty group name is not a name');
 select throws_ok($$select pgxjob_schedule(null)$$, 'PJ003',
   'pgxjob: job type must not be null or empty', 'a null type raises PJ003');
 select throws_ok($$select pgxjob_schedule('')$$, 'PJ003',

@@ -83,7 +83,7 @@ select is_empty(
 select is_empty(
   $$select p.oid::regprocedure::text from pg_proc p
     where p.pronamespace = 'pgxjob_public'::regnamespace
-      and p.proname not in ('pgxjob_linear_backoff', 'pgxjob_grant_privileges',
+      and p.proname not in ('pgxjob_grant_privileges',
                             'pgxjob_grant_application', 'pgxjob_grant_worker',
                             'pgxjob_check_name', 'pgxjob_check_now', 'pgxjob_backoff_time',
                             'pgxjob_api_schema', 'pgxjob_refuse_delete_in_use',
@@ -93,11 +93,10 @@ select is_empty(
 );
 select is_empty(
   $$select p.oid::regprocedure::text from pg_proc p
-    where p.proname in ('pgxjob_linear_backoff', 'pgxjob_grant_privileges',
-                        'pgxjob_grant_application', 'pgxjob_grant_worker',
-                        'pgxjob_publish_functions')
+    where p.proname in ('pgxjob_grant_privileges', 'pgxjob_grant_application',
+                        'pgxjob_grant_worker', 'pgxjob_publish_functions')
       and p.prosecdef$$,
-  'the pure and grant functions keep the caller''s rights'
+  'the grant functions keep the caller''s rights'
 );
 select is(
   (select count(*)::int from pg_proc p
