@@ -533,7 +533,8 @@ def add_worker(conn: psycopg.Connection[Any], heartbeat_at: dt.datetime) -> int:
 def add_asap_job(conn: psycopg.Connection[Any], worker_id: int | None = None) -> int:
     group_id, type_id = ids(conn)
     row = conn.execute(
-        "insert into pgxjob_public.pgxjob_asap_jobs (group_id, type_id, worker_id, params, inserted_at)"
+        "insert into pgxjob_public.pgxjob_asap_jobs"
+        " (group_id, type_id, worker_id, params, inserted_at)"
         " values (%s::int, %s::int, %s::int, '{\"n\": 1}'::json, %s::timestamptz) returning id",
         (group_id, type_id, worker_id, NOW - dt.timedelta(minutes=1)),
     ).fetchone()
@@ -559,7 +560,8 @@ def add_timed_job(
 def add_run(conn: psycopg.Connection[Any], finished_at: dt.datetime, error: str | None) -> None:
     group_id, type_id = ids(conn)
     conn.execute(
-        "insert into pgxjob_public.pgxjob_job_runs (job_id, run_number, group_id, type_id, inserted_at,"
+        "insert into pgxjob_public.pgxjob_job_runs"
+        " (job_id, run_number, group_id, type_id, inserted_at,"
         " run_at, started_at, finished_at, params, error)"
         " values (pg_catalog.nextval('pgxjob_public.pgxjob_job_id_seq'), 1, %s::int, %s::int,"
         " %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::timestamptz, null, %s::text)",
