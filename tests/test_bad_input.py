@@ -563,6 +563,7 @@ def test_sql_api_round_trips_or_raises_a_pgxjob_sqlstate(
     assume(params is None or not contains_nul(json.loads(params)))
     type_known = registered(conn, "pgxjob_job_types", type_name)
     group_known = group_name is None or registered(conn, "pgxjob_groups", group_name)
+
     def bad(name: str | None) -> bool:
         return name is not None and (name == "" or len(name.encode()) > 1000)
 
