@@ -68,11 +68,12 @@ def plans(server: run.Server, db: str) -> str:
         k = len(ids)
         t0 = time.perf_counter()
         c.execute(
-            "select pgxjob_record_job_results(%s::bigint[], %s::int[], array_fill(now(), array[%s]),"
-            " array_fill(now(), array[%s]), array_fill(null::text, array[%s]),"
-            " array_fill(null::timestamptz, array[%s]), array_fill(null::int, array[%s]),"
-            " array_fill(null::interval, array[%s]), array_fill(true, array[%s]))",
-            [ids, [r[1] for r in rows], k, k, k, k, k, k, k],
+            "select * from pgxjob_record_job_results(%s, %s::bigint[], %s::int[],"
+            " array_fill(now(), array[%s]), array_fill(now(), array[%s]),"
+            " array_fill(null::text, array[%s]), array_fill(null::timestamptz, array[%s]),"
+            " array_fill(null::int, array[%s]), array_fill(null::interval, array[%s]),"
+            " array_fill(true, array[%s]))",
+            [wid, ids, [r[1] for r in rows], k, k, k, k, k, k, k],
         )
         t1 = time.perf_counter()
         out.append(f"-- record_job_results of {k}: {(t1 - t0) * 1000:.1f} ms wall")

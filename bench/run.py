@@ -81,8 +81,8 @@ SYSTEMS: dict[str, dict[str, Any]] = {
                 "max_buffered_job_result_age": 1.0,
             },
         },
-        "remaining_sql": "select (select count(*) from pgxjob_asap_jobs)"
-        " + (select count(*) from pgxjob_run_at_jobs)",
+        "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
+        " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
     },
     "pgxjob-nolog": {
         "venv": "pgxjob",
@@ -98,8 +98,8 @@ SYSTEMS: dict[str, dict[str, Any]] = {
                 "max_buffered_job_result_age": 1.0,
             },
         },
-        "remaining_sql": "select (select count(*) from pgxjob_asap_jobs)"
-        " + (select count(*) from pgxjob_run_at_jobs)",
+        "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
+        " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
     },
     # pgxjob's start_worker defaults, run log on: shows what the tuning above is worth.
     "pgxjob-defaults": {
@@ -109,8 +109,8 @@ SYSTEMS: dict[str, dict[str, Any]] = {
         "only": ["drain1", "drain2", "steady"],
         "bulk_batch": 5000,
         "consume": {"log": True, "worker": {}},
-        "remaining_sql": "select (select count(*) from pgxjob_asap_jobs)"
-        " + (select count(*) from pgxjob_run_at_jobs)",
+        "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
+        " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
     },
     "pgqueuer": {
         "venv": "pgqueuer",
