@@ -129,6 +129,20 @@ def migrate(
 
 
 def _migrate(conn: psycopg.Connection[Any], schema: str) -> list[int]:
+    # A migration may set the session's search_path (so that plain psql runs every statement of
+    # the file with pgxjob's private schema on it); the caller's connection gets its own back.
+    with conn.transaction():
+        row = conn.execute("select current_setting('search_path')").fetchone()
+    saved_search_path = "" if row is None else str(row[0])
+    try:
+        return _apply(conn, schema)
+    finally:
+        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            with conn.transaction():
+                conn.execute("select set_config('search_path', %s, false)", (saved_search_path,))
+
+
+def _apply(conn: psycopg.Connection[Any], schema: str) -> list[int]:
     migrations = load_migrations()
     latest = migrations[-1].version
     applied_now = []

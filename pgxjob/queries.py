@@ -220,6 +220,10 @@ class JobRun(NamedTuple):
     finished_at: dt.datetime
     params: str | None
     error: str | None
+    outcome: str | None
+    """succeeded, failed, retried, cancelled or stale; None for runs logged before outcomes."""
+    output: str | None
+    """What the handler returned, as JSON text."""
 
 
 class JobRunStats(NamedTuple):
@@ -278,14 +282,15 @@ def recent_job_runs(
     failed_only: bool = False,
     job_type: str | None = None,
     group_name: str | None = None,
+    job_id: int | None = None,
 ) -> list[JobRun]:
     with translated_errors():
         rows = conn.execute(
             "select job_id, run_number, group_name, job_type, inserted_at, run_at, started_at,"
-            " finished_at, params::text, error"
+            " finished_at, params::text, error, outcome, output::text"
             " from pgxjob_recent_job_runs(max_rows => %s, failed_only => %s,"
-            " of_type => %s, in_group => %s)",
-            (max_rows, failed_only, job_type, group_name),
+            " of_type => %s, in_group => %s, of_job => %s::bigint)",
+            (max_rows, failed_only, job_type, group_name, job_id),
         ).fetchall()
     return [JobRun(*row) for row in rows]
 

@@ -1137,9 +1137,8 @@ begin
       and p.proname = v_fn.proname
       and pg_get_function_identity_arguments(p.oid) = v_fn.args;
     if v_old is not null then
-      v_acl := (select array_agg(distinct a) from unnest(
-        coalesce(v_acl, '{}') || coalesce((select p.proacl from pg_proc p where p.oid = v_old), '{}')
-      ) a);
+      v_acl := coalesce(v_acl, '{}')
+        || coalesce((select p.proacl from pg_proc p where p.oid = v_old), '{}');
       execute format('drop function %I.%I(%s)', p_private, v_fn.proname, v_fn.args);
     end if;
 

@@ -33,10 +33,10 @@ CREATE FUNCTION pgxjob_public.pgxjob_api_schema() RETURNS name
     AS $$select 'public'::name$$;
 
 --
--- Name: pgxjob_apply_job_results(integer, bigint[], integer[], timestamp with time zone[], timestamp with time zone[], text[], timestamp with time zone[], integer[], interval[], boolean[], timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+-- Name: pgxjob_apply_job_results(integer, bigint[], integer[], timestamp with time zone[], timestamp with time zone[], text[], timestamp with time zone[], integer[], interval[], boolean[], json[], boolean[], timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION pgxjob_public.pgxjob_apply_job_results(p_worker_id integer, p_job_ids bigint[], p_error_counts integer[], p_started_at timestamp with time zone[], p_finished_at timestamp with time zone[], p_errors text[], p_retry_at timestamp with time zone[], p_backoff_max_retries integer[], p_backoff_base_delays interval[], p_log boolean[], p_now timestamp with time zone, OUT changed integer, OUT stale_job_ids bigint[]) RETURNS record
+CREATE FUNCTION pgxjob_public.pgxjob_apply_job_results(p_worker_id integer, p_job_ids bigint[], p_error_counts integer[], p_started_at timestamp with time zone[], p_finished_at timestamp with time zone[], p_errors text[], p_retry_at timestamp with time zone[], p_backoff_max_retries integer[], p_backoff_base_delays interval[], p_log boolean[], p_outputs json[], p_cancelled boolean[], p_now timestamp with time zone, OUT changed integer, OUT stale_job_ids bigint[]) RETURNS record
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
@@ -44,7 +44,7 @@ declare
   v_notified bigint;
 begin
   -- Lock order: the rows this worker still owns, ASAP table first, each in id order. The
-  -- statement below then takes no row lock it does not already hold.
+  -- statement below then takes no job row lock it does not already hold.
   perform
   from pgxjob_asap_jobs j
   where j.id = any (p_job_ids)
@@ -66,8 +66,8 @@ begin
   -- changes nothing.
   with input as (
     select distinct on (r.job_id)
-      r.job_id, r.error_count, r.started_at, r.finished_at, r.log,
-      r.error is not null as failed,
+      r.job_id, r.error_count, r.started_at, r.finished_at, r.log, r.output,
+      r.error is not null as failed, coalesce(r.cancelled, false) as cancelled,
       case
         when r.error is null then null
         when r.retry_at is not null then r.retry_at
@@ -86,24 +86,41 @@ begin
       end as error
     from unnest(
       p_job_ids, p_error_counts, p_started_at, p_finished_at, p_errors, p_retry_at,
-      p_backoff_max_retries, p_backoff_base_delays, p_log
+      p_backoff_max_retries, p_backoff_base_delays, p_log, p_outputs, p_cancelled
     ) with ordinality as r(
       job_id, error_count, started_at, finished_at, error, retry_at, max_retries, base_delay,
-      log, ord
+      log, output, cancelled, ord
     )
     order by r.job_id, r.ord desc
   ),
-  -- A retry of a job that has reached the largest error_count is a final failure.
+  -- Whether each job this worker owns has a cancel request.
+  owned as (
+    select j.id, j.cancel_requested
+    from pgxjob_asap_jobs j
+    where j.id = any (p_job_ids) and j.worker_id = p_worker_id
+    union all
+    select j.id, j.cancel_requested
+    from pgxjob_run_at_jobs j
+    where j.id = any (p_job_ids) and j.worker_id = p_worker_id
+  ),
+  -- A cancelled job finishes whatever its handler did, and is never retried. A retry of a job
+  -- that has reached the largest error_count is a final failure.
   decided as (
-    select i.job_id, i.error_count, i.started_at, i.finished_at, i.log, i.failed,
-      case when i.error_count < 2147483647 then i.next_run_at end as next_run_at,
+    select i.job_id, i.error_count, i.started_at, i.finished_at, i.log, i.output, i.failed,
+      i.cancelled or coalesce(o.cancel_requested, false) as cancelled,
+      case
+        when i.cancelled or coalesce(o.cancel_requested, false) then null
+        when i.error_count < 2147483647 then i.next_run_at
+      end as next_run_at,
       case
         when i.next_run_at is not null and i.error_count >= 2147483647
+          and not (i.cancelled or coalesce(o.cancel_requested, false))
         then i.error || E'\n(pgxjob: error_count cannot grow past 2147483647; recorded as a '
           'final failure)'
         else i.error
       end as error
     from input i
+    left join owned o on o.id = i.job_id
   ),
   -- Every branch restricts its table by an array of ids, so rows are found through the primary
   -- key; a plain join to the input would let the planner hash the whole table per batch.
@@ -112,7 +129,7 @@ begin
     where j.id = any (array(select x.job_id from decided x where x.next_run_at is null))
       and j.worker_id = p_worker_id
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.inserted_at as run_at, j.params,
-      0 as error_count
+      0 as error_count, j.unique_key
   ),
   done_run_at as (
     -- A final failure must also match the error_count: a result for an earlier run of the job
@@ -122,8 +139,9 @@ begin
     where j.id = any (array(select x.job_id from decided x where x.next_run_at is null))
       and j.id = i.job_id
       and j.worker_id = p_worker_id
-      and (not i.failed or j.error_count = i.error_count)
-    returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, j.error_count
+      and (not i.failed or i.cancelled or j.error_count = i.error_count)
+    returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, j.error_count,
+      j.unique_key
   ),
   moved as (
     delete from pgxjob_asap_jobs j
@@ -134,14 +152,15 @@ begin
       and j.id = i.job_id
       and j.worker_id = p_worker_id
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.inserted_at as run_at, j.params,
-      0 as error_count, i.next_run_at, i.error
+      0 as error_count, i.next_run_at, i.error, j.priority, j.unique_key
   ),
   moved_in as (
     insert into pgxjob_run_at_jobs (
-      id, inserted_at, run_at, next_run_at, group_id, type_id, error_count, last_error, params
+      id, inserted_at, run_at, next_run_at, group_id, type_id, error_count, last_error, params,
+      priority, unique_key
     )
     select m.id, m.inserted_at, m.run_at, m.next_run_at, m.group_id, m.type_id, 1, m.error,
-      m.params
+      m.params, m.priority, m.unique_key
     from moved m
     returning group_id
   ),
@@ -158,6 +177,20 @@ begin
       and j.error_count = i.error_count
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, i.error_count
   ),
+  finished as (
+    select id, type_id, unique_key from done_asap
+    union all
+    select id, type_id, unique_key from done_run_at
+  ),
+  freed as (
+    -- A finished job gives its unique key back.
+    delete from pgxjob_unique_keys k
+    using finished f
+    where f.unique_key is not null
+      and k.type_id = f.type_id
+      and k.unique_key = f.unique_key
+      and k.job_id = f.id
+  ),
   touched as (
     select id, group_id, type_id, inserted_at, run_at, params, error_count from done_asap
     union all
@@ -168,16 +201,53 @@ begin
     select id, group_id, type_id, inserted_at, run_at, params, error_count from retried
   ),
   logged as (
-    -- on conflict: a run recorded twice keeps its first row.
-    insert into pgxjob_job_runs (
+    -- A run recorded twice keeps its first row, unless that row is a stale run's.
+    insert into pgxjob_job_runs as r (
       job_id, run_number, group_id, type_id, inserted_at, run_at, started_at, finished_at,
-      params, error
+      params, error, outcome, output
     )
     select t.id, least(t.error_count, 2147483646) + 1, t.group_id, t.type_id, t.inserted_at,
-      t.run_at, i.started_at, i.finished_at, t.params, i.error
+      t.run_at, i.started_at, i.finished_at, t.params, i.error,
+      case
+        when i.cancelled then 'cancelled'
+        when not i.failed then 'succeeded'
+        when i.next_run_at is null then 'failed'
+        else 'retried'
+      end,
+      i.output
     from touched t
     join decided i on i.job_id = t.id
     where i.log
+    on conflict (job_id, run_number) do update
+      set started_at = excluded.started_at, finished_at = excluded.finished_at,
+          error = excluded.error, outcome = excluded.outcome, output = excluded.output
+      where r.outcome = 'stale'
+  ),
+  stale as (
+    select d.job_id, d.error_count, d.started_at, d.finished_at, d.error, d.output, d.log
+    from decided d
+    where d.job_id not in (select t.id from touched t)
+  ),
+  stale_logged as (
+    -- A stale run is logged when its job still exists and its run number is free: the run
+    -- happened, it just does not count.
+    insert into pgxjob_job_runs (
+      job_id, run_number, group_id, type_id, inserted_at, run_at, started_at, finished_at,
+      params, error, outcome, output
+    )
+    select s.job_id, least(s.error_count, 2147483646) + 1, j.group_id, j.type_id, j.inserted_at,
+      j.run_at, s.started_at, s.finished_at, j.params, s.error, 'stale', s.output
+    from stale s
+    join (
+      select a.id, a.group_id, a.type_id, a.inserted_at, a.inserted_at as run_at, a.params
+      from pgxjob_asap_jobs a
+      where a.id = any (p_job_ids)
+      union all
+      select b.id, b.group_id, b.type_id, b.inserted_at, b.run_at, b.params
+      from pgxjob_run_at_jobs b
+      where b.id = any (p_job_ids)
+    ) j on j.id = s.job_id
+    where s.log
     on conflict (job_id, run_number) do nothing
   ),
   notified as (
@@ -188,11 +258,7 @@ begin
   )
   select
     (select count(*) from touched)::int,
-    array(
-      select d.job_id from decided d
-      where d.job_id not in (select t.id from touched t)
-      order by d.job_id
-    ),
+    array(select s.job_id from stale s order by s.job_id),
     (select count(*) from notified)
   into changed, stale_job_ids, v_notified;
 end;
@@ -211,6 +277,65 @@ begin
 exception
   when datetime_field_overflow or interval_field_overflow or numeric_value_out_of_range then
     return null;
+end;
+$$;
+
+--
+-- Name: pgxjob_cancel_job(bigint, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_cancel_job(job_id bigint, p_now timestamp with time zone DEFAULT now()) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+declare
+  v_worker_id int;
+  v_found boolean := false;
+begin
+  -- Lock order: the ASAP row, then the timed row (a job is in one of them).
+  select j.worker_id, true into v_worker_id, v_found
+  from pgxjob_asap_jobs j
+  where j.id = pgxjob_cancel_job.job_id
+  for update;
+
+  if not found then
+    select j.worker_id, true into v_worker_id, v_found
+    from pgxjob_run_at_jobs j
+    where j.id = pgxjob_cancel_job.job_id
+    for update;
+  end if;
+
+  if not coalesce(v_found, false) then
+    return 'not_found';
+  end if;
+
+  if v_worker_id is null then
+    perform pgxjob_finish_cancelled(array[pgxjob_cancel_job.job_id], coalesce(p_now, now()));
+    return 'cancelled';
+  end if;
+
+  update pgxjob_asap_jobs j set cancel_requested = true where j.id = pgxjob_cancel_job.job_id;
+  update pgxjob_run_at_jobs j set cancel_requested = true where j.id = pgxjob_cancel_job.job_id;
+  perform pg_notify('pgxjob_job_cancel', v_worker_id || ' ' || pgxjob_cancel_job.job_id);
+  return 'cancel_requested';
+end;
+$$;
+
+--
+-- Name: pgxjob_cancel_requests(integer); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_cancel_requests(p_worker_id integer) RETURNS SETOF bigint
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+begin
+  return query
+  select j.id from pgxjob_asap_jobs j where j.worker_id = p_worker_id and j.cancel_requested
+  union all
+  select j.id from pgxjob_run_at_jobs j where j.worker_id = p_worker_id and j.cancel_requested
+  order by 1;
 end;
 $$;
 
@@ -259,16 +384,38 @@ end;
 $$;
 
 --
+-- Name: pgxjob_check_unique_key(text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_check_unique_key(p_key text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+begin
+  if octet_length(p_key) > 1000 then
+    raise exception 'pgxjob: unique_key is % bytes long in UTF-8, more than 1000',
+      octet_length(p_key)
+      using errcode = 'PJ005',
+            hint = 'Use a shorter key, for example a hash of the values that make the job unique.';
+  end if;
+end;
+$$;
+
+--
 -- Name: pgxjob_fetch_jobs(integer, integer, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION pgxjob_public.pgxjob_fetch_jobs(p_worker_id integer, p_limit integer, p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(id bigint, group_id integer, type_id integer, type_name text, params json, inserted_at timestamp with time zone, run_at timestamp with time zone, error_count integer, last_error text, asap boolean)
+CREATE FUNCTION pgxjob_public.pgxjob_fetch_jobs(p_worker_id integer, p_limit integer, p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(id bigint, group_id integer, type_id integer, type_name text, params json, inserted_at timestamp with time zone, run_at timestamp with time zone, error_count integer, last_error text, asap boolean, priority integer, cancel_requested boolean)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 #variable_conflict use_column
 declare
+  v_now timestamptz := coalesce(p_now, now());
   v_group_id int;
+  v_priority int;
+  v_timed_candidates bigint[] := '{}';
+  v_batch bigint[];
   v_timed bigint[];
   v_asap bigint[];
 begin
@@ -291,32 +438,52 @@ begin
             hint = 'The worker was reaped or unregistered; register it again.';
   end if;
 
-  -- skip locked: concurrent fetchers take disjoint rows instead of queueing behind each other.
-  -- Each kind is read through its partial fetch index (unowned jobs of the group, in due order)
-  -- and the two are merged by due time.
-  with timed as (
-    select d.id, d.next_run_at as due_at, false as is_asap
+  -- Due timed jobs, one priority level at a time from the highest: each level is one range scan
+  -- of the priority fetch index that stops at its first job not yet due, so jobs scheduled later
+  -- cost nothing. skip locked: concurrent fetchers take disjoint rows.
+  loop
+    select d.priority into v_priority
     from pgxjob_run_at_jobs d
     where d.group_id = v_group_id
       and d.worker_id is null
-      and d.next_run_at <= coalesce(p_now, now())
-    order by d.next_run_at
-    limit p_limit
-    for update skip locked
+      and (v_priority is null or d.priority < v_priority)
+    order by d.priority desc
+    limit 1;
+    exit when not found;
+
+    v_batch := array(
+      select d.id
+      from pgxjob_run_at_jobs d
+      where d.group_id = v_group_id
+        and d.worker_id is null
+        and d.priority = v_priority
+        and d.next_run_at <= v_now
+      order by d.next_run_at
+      limit p_limit - cardinality(v_timed_candidates)
+      for update skip locked
+    );
+    v_timed_candidates := v_timed_candidates || v_batch;
+    exit when cardinality(v_timed_candidates) >= p_limit;
+  end loop;
+
+  with timed as (
+    select d.id, d.priority, d.next_run_at as due_at, false as is_asap
+    from pgxjob_run_at_jobs d
+    where d.id = any (v_timed_candidates)
   ),
   asap as (
-    select d.id, d.inserted_at as due_at, true as is_asap
+    select d.id, d.priority, d.inserted_at as due_at, true as is_asap
     from pgxjob_asap_jobs d
     where d.group_id = v_group_id
       and d.worker_id is null
-    order by d.id
+    order by d.priority desc, d.id
     limit p_limit
     for update skip locked
   ),
   chosen as (
     select c.id, c.is_asap
     from (select * from timed union all select * from asap) c
-    order by c.due_at, c.id
+    order by c.priority desc, c.due_at, c.id
     limit p_limit
   )
   select array_agg(c.id) filter (where not c.is_asap), array_agg(c.id) filter (where c.is_asap)
@@ -334,14 +501,15 @@ begin
     set worker_id = p_worker_id
     where j.id = any (v_timed)
     returning j.id, j.group_id, j.type_id, j.params, j.inserted_at, j.run_at, j.error_count,
-      j.last_error, false as is_asap, j.next_run_at as due_at
+      j.last_error, false as is_asap, j.priority, j.cancel_requested, j.next_run_at as due_at
   ),
   claimed_asap as (
     update pgxjob_asap_jobs j
     set worker_id = p_worker_id
     where j.id = any (v_asap)
     returning j.id, j.group_id, j.type_id, j.params, j.inserted_at, j.inserted_at as run_at,
-      0 as error_count, null::text as last_error, true as is_asap, j.inserted_at as due_at
+      0 as error_count, null::text as last_error, true as is_asap, j.priority,
+      j.cancel_requested, j.inserted_at as due_at
   ),
   claimed as (
     select * from claimed_timed
@@ -349,10 +517,62 @@ begin
     select * from claimed_asap
   )
   select c.id, c.group_id, c.type_id, t.name, c.params, c.inserted_at, c.run_at, c.error_count,
-    c.last_error, c.is_asap
+    c.last_error, c.is_asap, c.priority, c.cancel_requested
   from claimed c
   left join pgxjob_job_types t on t.id = c.type_id
-  order by c.due_at, c.id;
+  order by c.priority desc, c.due_at, c.id;
+end;
+$$;
+
+--
+-- Name: pgxjob_finish_cancelled(bigint[], timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_finish_cancelled(p_job_ids bigint[], p_now timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+declare
+  v_count int;
+begin
+  with gone_asap as (
+    delete from pgxjob_asap_jobs j
+    where j.id = any (p_job_ids)
+    returning j.id, j.group_id, j.type_id, j.inserted_at, j.inserted_at as run_at, j.params,
+      0 as error_count, j.unique_key
+  ),
+  gone_run_at as (
+    delete from pgxjob_run_at_jobs j
+    where j.id = any (p_job_ids)
+    returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, j.error_count,
+      j.unique_key
+  ),
+  gone as (
+    select * from gone_asap
+    union all
+    select * from gone_run_at
+  ),
+  freed as (
+    delete from pgxjob_unique_keys k
+    using gone g
+    where g.unique_key is not null
+      and k.type_id = g.type_id
+      and k.unique_key = g.unique_key
+      and k.job_id = g.id
+  ),
+  logged as (
+    insert into pgxjob_job_runs (
+      job_id, run_number, group_id, type_id, inserted_at, run_at, started_at, finished_at,
+      params, error, outcome
+    )
+    select g.id, least(g.error_count, 2147483646) + 1, g.group_id, g.type_id, g.inserted_at,
+      g.run_at, p_now, p_now, g.params, null, 'cancelled'
+    from gone g
+    on conflict (job_id, run_number) do nothing
+  )
+  select count(*) into v_count from gone;
+
+  return v_count;
 end;
 $$;
 
@@ -366,7 +586,7 @@ CREATE FUNCTION pgxjob_public.pgxjob_grant_application(role_name name) RETURNS S
     AS $$
   select pgxjob_grant_privileges(
     role_name,
-    array['pgxjob_schedule', 'pgxjob_schedule_many'],
+    array['pgxjob_schedule', 'pgxjob_schedule_many', 'pgxjob_cancel_job'],
     array[]::text[]
   )
 $$;
@@ -439,7 +659,7 @@ CREATE FUNCTION pgxjob_public.pgxjob_grant_worker(role_name name) RETURNS SETOF 
     role_name,
     array[
       'pgxjob_register_group', 'pgxjob_register_job_type',
-      'pgxjob_schedule', 'pgxjob_schedule_many',
+      'pgxjob_schedule', 'pgxjob_schedule_many', 'pgxjob_cancel_job', 'pgxjob_cancel_requests',
       'pgxjob_register_worker', 'pgxjob_worker_heartbeat', 'pgxjob_reap_dead_workers',
       'pgxjob_unregister_worker', 'pgxjob_fetch_jobs', 'pgxjob_next_run_in',
       'pgxjob_release_unknown_jobs',
@@ -449,6 +669,61 @@ CREATE FUNCTION pgxjob_public.pgxjob_grant_worker(role_name name) RETURNS SETOF 
     ],
     array['pgxjob_schema_migrations']
   )
+$$;
+
+--
+-- Name: pgxjob_insert_job(integer, integer, text, json, timestamp with time zone, integer, text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_insert_job(p_type_id integer, p_group_id integer, p_group_name text, p_params json, p_run_at timestamp with time zone, p_priority integer, p_unique_key text) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+declare
+  v_id bigint;
+begin
+  if p_unique_key is not null then
+    perform pgxjob_check_unique_key(p_unique_key);
+    -- A key freed between our conflict and our look-up (its job just finished) is taken again.
+    for v_try in 1 .. 10 loop
+      v_id := nextval('pgxjob_job_id_seq');
+      insert into pgxjob_unique_keys (type_id, unique_key, job_id)
+      values (p_type_id, p_unique_key, v_id)
+      on conflict on constraint pgxjob_unique_keys_pkey do nothing;
+      exit when found;
+
+      select k.job_id into v_id
+      from pgxjob_unique_keys k
+      where k.type_id = p_type_id
+        and k.unique_key = p_unique_key;
+      if v_id is not null then
+        return v_id;
+      end if;
+    end loop;
+  else
+    v_id := nextval('pgxjob_job_id_seq');
+  end if;
+
+  if p_run_at is null or p_run_at <= now() then
+    insert into pgxjob_asap_jobs (id, group_id, type_id, params, priority, unique_key)
+    values (v_id, p_group_id, p_type_id, p_params, coalesce(p_priority, 0), p_unique_key);
+
+    perform pg_notify('pgxjob_job_available', p_group_name);
+  else
+    insert into pgxjob_run_at_jobs (
+      id, run_at, next_run_at, group_id, type_id, params, priority, unique_key
+    )
+    values (
+      v_id, p_run_at, p_run_at, p_group_id, p_type_id, p_params, coalesce(p_priority, 0),
+      p_unique_key
+    );
+
+    -- Lets idle workers of the group move their wake-up earlier (one per group per transaction).
+    perform pg_notify('pgxjob_timed_job_scheduled', p_group_name);
+  end if;
+
+  return v_id;
+end;
 $$;
 
 --
@@ -668,9 +943,8 @@ begin
       and p.proname = v_fn.proname
       and pg_get_function_identity_arguments(p.oid) = v_fn.args;
     if v_old is not null then
-      v_acl := (select array_agg(distinct a) from unnest(
-        coalesce(v_acl, '{}') || coalesce((select p.proacl from pg_proc p where p.oid = v_old), '{}')
-      ) a);
+      v_acl := coalesce(v_acl, '{}')
+        || coalesce((select p.proacl from pg_proc p where p.oid = v_old), '{}');
       execute format('drop function %I.%I(%s)', p_private, v_fn.proname, v_fn.args);
     end if;
 
@@ -778,10 +1052,10 @@ end;
 $$;
 
 --
--- Name: pgxjob_recent_job_runs(integer, boolean, text, text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+-- Name: pgxjob_recent_job_runs(integer, boolean, text, text, bigint); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION pgxjob_public.pgxjob_recent_job_runs(max_rows integer DEFAULT 20, failed_only boolean DEFAULT false, of_type text DEFAULT NULL::text, in_group text DEFAULT NULL::text) RETURNS TABLE(job_id bigint, run_number integer, group_name text, job_type text, inserted_at timestamp with time zone, run_at timestamp with time zone, started_at timestamp with time zone, finished_at timestamp with time zone, params json, error text)
+CREATE FUNCTION pgxjob_public.pgxjob_recent_job_runs(max_rows integer DEFAULT 20, failed_only boolean DEFAULT false, of_type text DEFAULT NULL::text, in_group text DEFAULT NULL::text, of_job bigint DEFAULT NULL::bigint) RETURNS TABLE(job_id bigint, run_number integer, group_name text, job_type text, inserted_at timestamp with time zone, run_at timestamp with time zone, started_at timestamp with time zone, finished_at timestamp with time zone, params json, error text, outcome text, output json)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
@@ -820,7 +1094,7 @@ begin
   foreach v_since in array array[
     now() - interval '1 hour', now() - interval '1 day', now() - interval '30 days', null
   ] loop
-    if v_since is not null then
+    if v_since is not null and of_job is null then
       select count(*) into v_found
       from (
         select 1
@@ -832,15 +1106,18 @@ begin
         limit max_rows
       ) enough;
       continue when v_found < max_rows;
+    elsif v_since is not null then
+      continue;
     end if;
 
     return query
     select r.job_id, r.run_number, g.name, t.name, r.inserted_at, r.run_at, r.started_at,
-      r.finished_at, r.params, r.error
+      r.finished_at, r.params, r.error, r.outcome, r.output
     from pgxjob_job_runs r
     join pgxjob_groups g on g.id = r.group_id
     join pgxjob_job_types t on t.id = r.type_id
     where (v_since is null or r.finished_at >= v_since)
+      and (of_job is null or r.job_id = of_job)
       and (v_type_id is null or r.type_id = v_type_id)
       and (v_group_id is null or r.group_id = v_group_id)
       and (not v_failed_only or r.error is not null)
@@ -852,10 +1129,10 @@ end;
 $$;
 
 --
--- Name: pgxjob_record_job_results(integer, bigint[], integer[], timestamp with time zone[], timestamp with time zone[], text[], timestamp with time zone[], integer[], interval[], boolean[], timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+-- Name: pgxjob_record_job_results(integer, bigint[], integer[], timestamp with time zone[], timestamp with time zone[], text[], timestamp with time zone[], integer[], interval[], boolean[], json[], boolean[], timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION pgxjob_public.pgxjob_record_job_results(p_worker_id integer, p_job_ids bigint[], p_error_counts integer[], p_started_at timestamp with time zone[], p_finished_at timestamp with time zone[], p_errors text[], p_retry_at timestamp with time zone[], p_backoff_max_retries integer[], p_backoff_base_delays interval[], p_log boolean[], p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(changed integer, stale_job_ids bigint[])
+CREATE FUNCTION pgxjob_public.pgxjob_record_job_results(p_worker_id integer, p_job_ids bigint[], p_error_counts integer[], p_started_at timestamp with time zone[], p_finished_at timestamp with time zone[], p_errors text[], p_retry_at timestamp with time zone[], p_backoff_max_retries integer[], p_backoff_base_delays interval[], p_log boolean[], p_outputs json[] DEFAULT NULL::json[], p_cancelled boolean[] DEFAULT NULL::boolean[], p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(changed integer, stale_job_ids bigint[])
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
@@ -863,6 +1140,8 @@ CREATE FUNCTION pgxjob_public.pgxjob_record_job_results(p_worker_id integer, p_j
 declare
   v_n int := coalesce(cardinality(p_job_ids), 0);
   v_now timestamptz := coalesce(p_now, now());
+  v_outputs json[] := coalesce(p_outputs, array_fill(null::json, array[v_n]));
+  v_cancelled boolean[] := coalesce(p_cancelled, array_fill(false, array[v_n]));
   v_changed int := 0;
   v_stale bigint[] := '{}';
   v_row record;
@@ -887,6 +1166,8 @@ begin
     or coalesce(cardinality(p_backoff_max_retries), -1) <> v_n
     or coalesce(cardinality(p_backoff_base_delays), -1) <> v_n
     or coalesce(cardinality(p_log), -1) <> v_n
+    or coalesce(cardinality(v_outputs), -1) <> v_n
+    or coalesce(cardinality(v_cancelled), -1) <> v_n
     or array_ndims(p_job_ids) <> 1
   then
     raise exception 'pgxjob: result arrays must all have % elements', v_n
@@ -911,7 +1192,7 @@ begin
     select * into v_row
     from pgxjob_apply_job_results(
       p_worker_id, p_job_ids, p_error_counts, p_started_at, p_finished_at, p_errors, p_retry_at,
-      p_backoff_max_retries, p_backoff_base_delays, p_log, v_now
+      p_backoff_max_retries, p_backoff_base_delays, p_log, v_outputs, v_cancelled, v_now
     );
     return query select v_row.changed, v_row.stale_job_ids;
     return;
@@ -927,13 +1208,14 @@ begin
       from pgxjob_apply_job_results(
         p_worker_id, array[p_job_ids[i]], array[p_error_counts[i]], array[p_started_at[i]],
         array[p_finished_at[i]], array[p_errors[i]], array[p_retry_at[i]],
-        array[p_backoff_max_retries[i]], array[p_backoff_base_delays[i]], array[p_log[i]], v_now
+        array[p_backoff_max_retries[i]], array[p_backoff_base_delays[i]], array[p_log[i]],
+        array[v_outputs[i]], array[v_cancelled[i]], v_now
       );
     exception
       when data_exception or integrity_constraint_violation or program_limit_exceeded then
         get stacked diagnostics v_reason = message_text;
-        -- Recorded as a final failure that says why. If even that fails, the error propagates
-        -- and the caller sets this row aside.
+        -- Recorded as a final failure that says why, without its output. If even that fails,
+        -- the error propagates and the caller sets this row aside.
         select * into v_row
         from pgxjob_apply_job_results(
           p_worker_id, array[p_job_ids[i]], array[p_error_counts[i]], array[p_started_at[i]],
@@ -942,7 +1224,7 @@ begin
             '(pgxjob: this result could not be recorded as asked (%s); recorded as a final '
             'failure)', v_reason)],
           array[null::timestamptz], array[null::int], array[null::interval], array[p_log[i]],
-          v_now
+          array[null::json], array[v_cancelled[i]], v_now
         );
     end;
     v_changed := v_changed + v_row.changed;
@@ -1102,30 +1384,51 @@ CREATE FUNCTION pgxjob_public.pgxjob_release_jobs_of(p_worker_ids integer[], p_k
 declare
   v_asap int;
   v_timed int;
+  v_cancelled bigint[];
 begin
-  update pgxjob_asap_jobs j
-  set worker_id = null
-  where j.id in (
-    select a.id
+  with locked as (
+    select a.id, a.cancel_requested
     from pgxjob_asap_jobs a
     where a.worker_id = any (p_worker_ids)
       and not (a.id = any (coalesce(p_keep, '{}')))
     order by a.id
     for update
-  );
-  get diagnostics v_asap = row_count;
+  ),
+  released as (
+    update pgxjob_asap_jobs j
+    set worker_id = null
+    from locked l
+    where j.id = l.id
+      and not l.cancel_requested
+    returning j.id
+  )
+  select (select count(*) from released),
+    array(select l.id from locked l where l.cancel_requested)
+  into v_asap, v_cancelled;
 
-  update pgxjob_run_at_jobs j
-  set worker_id = null
-  where j.id in (
-    select a.id
+  with locked as (
+    select a.id, a.cancel_requested
     from pgxjob_run_at_jobs a
     where a.worker_id = any (p_worker_ids)
       and not (a.id = any (coalesce(p_keep, '{}')))
     order by a.id
     for update
-  );
-  get diagnostics v_timed = row_count;
+  ),
+  released as (
+    update pgxjob_run_at_jobs j
+    set worker_id = null
+    from locked l
+    where j.id = l.id
+      and not l.cancel_requested
+    returning j.id
+  )
+  select (select count(*) from released),
+    v_cancelled || array(select l.id from locked l where l.cancel_requested)
+  into v_timed, v_cancelled;
+
+  if cardinality(v_cancelled) > 0 then
+    perform pgxjob_finish_cancelled(v_cancelled, now());
+  end if;
 
   return v_asap + v_timed;
 end;
@@ -1204,10 +1507,10 @@ end;
 $$;
 
 --
--- Name: pgxjob_schedule(text, json, text, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+-- Name: pgxjob_schedule(text, json, text, timestamp with time zone, integer, text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION pgxjob_public.pgxjob_schedule(job_type text, params json DEFAULT NULL::json, group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS bigint
+CREATE FUNCTION pgxjob_public.pgxjob_schedule(job_type text, params json DEFAULT NULL::json, group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, unique_key text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
@@ -1215,11 +1518,10 @@ declare
   v_type_id int;
   v_group_id int;
   v_group_name text;
-  v_id bigint;
 begin
   -- The lookup is inlined rather than a call to pgxjob_resolve_job_target: this is the hot path
-  -- of every producer, and each nested call with a pinned search_path costs a GUC save and
-  -- restore. The resolver runs only when the lookup finds nothing, to raise the precise error.
+  -- of every producer. The resolver runs only when the lookup finds nothing, to raise the precise
+  -- error.
   select t.id, g.id, g.name
   into v_type_id, v_group_id, v_group_name
   from pgxjob_job_types t
@@ -1232,35 +1534,22 @@ begin
     perform pgxjob_resolve_job_target(job_type, group_name);
   end if;
 
-  if run_at is null or run_at <= now() then
-    insert into pgxjob_asap_jobs (group_id, type_id, params)
-    values (v_group_id, v_type_id, params)
-    returning id into v_id;
-
-    perform pg_notify('pgxjob_job_available', v_group_name);
-  else
-    insert into pgxjob_run_at_jobs (run_at, next_run_at, group_id, type_id, params)
-    values (run_at, run_at, v_group_id, v_type_id, params)
-    returning id into v_id;
-
-    -- Lets idle workers of the group move their wake-up earlier (one per group per transaction).
-    perform pg_notify('pgxjob_timed_job_scheduled', v_group_name);
-  end if;
-
-  return v_id;
+  return pgxjob_insert_job(v_type_id, v_group_id, v_group_name, params, run_at, priority,
+                           unique_key);
 end;
 $$;
 
 --
--- Name: pgxjob_schedule_many(text, json[], text, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+-- Name: pgxjob_schedule_many(text, json[], text, timestamp with time zone, integer, text[]); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION pgxjob_public.pgxjob_schedule_many(job_type text, params json[], group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS SETOF bigint
+CREATE FUNCTION pgxjob_public.pgxjob_schedule_many(job_type text, params json[], group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, unique_keys text[] DEFAULT NULL::text[]) RETURNS SETOF bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 declare
   v_target record;
+  v_i int;
 begin
   v_target := pgxjob_resolve_job_target(job_type, group_name);
 
@@ -1268,10 +1557,25 @@ begin
     return;
   end if;
 
+  if unique_keys is not null then
+    if cardinality(unique_keys) <> cardinality(params) then
+      raise exception 'pgxjob: unique_keys has % elements and params %', cardinality(unique_keys),
+        cardinality(params)
+        using errcode = 'PJ005',
+              hint = 'Pass one unique key (or null) per job, or no unique_keys at all.';
+    end if;
+
+    for v_i in 1 .. cardinality(params) loop
+      return next pgxjob_insert_job(v_target.type_id, v_target.group_id,
+        v_target.resolved_group_name, params[v_i], run_at, priority, unique_keys[v_i]);
+    end loop;
+    return;
+  end if;
+
   if run_at is null or run_at <= now() then
     return query
-    insert into pgxjob_asap_jobs (group_id, type_id, params)
-    select v_target.group_id, v_target.type_id, p.params
+    insert into pgxjob_asap_jobs (group_id, type_id, params, priority)
+    select v_target.group_id, v_target.type_id, p.params, coalesce(priority, 0)
     from unnest(params) with ordinality as p(params, ord)
     order by p.ord
     returning id;
@@ -1279,8 +1583,8 @@ begin
     perform pg_notify('pgxjob_job_available', v_target.resolved_group_name);
   else
     return query
-    insert into pgxjob_run_at_jobs (run_at, next_run_at, group_id, type_id, params)
-    select run_at, run_at, v_target.group_id, v_target.type_id, p.params
+    insert into pgxjob_run_at_jobs (run_at, next_run_at, group_id, type_id, params, priority)
+    select run_at, run_at, v_target.group_id, v_target.type_id, p.params, coalesce(priority, 0)
     from unnest(params) with ordinality as p(params, ord)
     order by p.ord
     returning id;
@@ -1428,10 +1732,28 @@ end;
 $$;
 
 --
+-- Name: pgxjob_cancel_job(bigint, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_cancel_job(job_id bigint, p_now timestamp with time zone DEFAULT now()) RETURNS text
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_cancel_job($1, $2)$_$;
+
+--
+-- Name: pgxjob_cancel_requests(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_cancel_requests(p_worker_id integer) RETURNS SETOF bigint
+    LANGUAGE sql STABLE
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_cancel_requests($1)$_$;
+
+--
 -- Name: pgxjob_fetch_jobs(integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_fetch_jobs(p_worker_id integer, p_limit integer, p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(id bigint, group_id integer, type_id integer, type_name text, params json, inserted_at timestamp with time zone, run_at timestamp with time zone, error_count integer, last_error text, asap boolean)
+CREATE FUNCTION public.pgxjob_fetch_jobs(p_worker_id integer, p_limit integer, p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(id bigint, group_id integer, type_id integer, type_name text, params json, inserted_at timestamp with time zone, run_at timestamp with time zone, error_count integer, last_error text, asap boolean, priority integer, cancel_requested boolean)
     LANGUAGE sql
     AS $_$-- pgxjob wrapper
 select * from pgxjob_public.pgxjob_fetch_jobs($1, $2, $3)$_$;
@@ -1518,22 +1840,22 @@ CREATE FUNCTION public.pgxjob_reap_dead_workers(p_now timestamp with time zone D
 select pgxjob_public.pgxjob_reap_dead_workers($1, $2)$_$;
 
 --
--- Name: pgxjob_recent_job_runs(integer, boolean, text, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_recent_job_runs(integer, boolean, text, text, bigint); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_recent_job_runs(max_rows integer DEFAULT 20, failed_only boolean DEFAULT false, of_type text DEFAULT NULL::text, in_group text DEFAULT NULL::text) RETURNS TABLE(job_id bigint, run_number integer, group_name text, job_type text, inserted_at timestamp with time zone, run_at timestamp with time zone, started_at timestamp with time zone, finished_at timestamp with time zone, params json, error text)
+CREATE FUNCTION public.pgxjob_recent_job_runs(max_rows integer DEFAULT 20, failed_only boolean DEFAULT false, of_type text DEFAULT NULL::text, in_group text DEFAULT NULL::text, of_job bigint DEFAULT NULL::bigint) RETURNS TABLE(job_id bigint, run_number integer, group_name text, job_type text, inserted_at timestamp with time zone, run_at timestamp with time zone, started_at timestamp with time zone, finished_at timestamp with time zone, params json, error text, outcome text, output json)
     LANGUAGE sql STABLE
     AS $_$-- pgxjob wrapper
-select * from pgxjob_public.pgxjob_recent_job_runs($1, $2, $3, $4)$_$;
+select * from pgxjob_public.pgxjob_recent_job_runs($1, $2, $3, $4, $5)$_$;
 
 --
--- Name: pgxjob_record_job_results(integer, bigint[], integer[], timestamp with time zone[], timestamp with time zone[], text[], timestamp with time zone[], integer[], interval[], boolean[], timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_record_job_results(integer, bigint[], integer[], timestamp with time zone[], timestamp with time zone[], text[], timestamp with time zone[], integer[], interval[], boolean[], json[], boolean[], timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_record_job_results(p_worker_id integer, p_job_ids bigint[], p_error_counts integer[], p_started_at timestamp with time zone[], p_finished_at timestamp with time zone[], p_errors text[], p_retry_at timestamp with time zone[], p_backoff_max_retries integer[], p_backoff_base_delays interval[], p_log boolean[], p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(changed integer, stale_job_ids bigint[])
+CREATE FUNCTION public.pgxjob_record_job_results(p_worker_id integer, p_job_ids bigint[], p_error_counts integer[], p_started_at timestamp with time zone[], p_finished_at timestamp with time zone[], p_errors text[], p_retry_at timestamp with time zone[], p_backoff_max_retries integer[], p_backoff_base_delays interval[], p_log boolean[], p_outputs json[] DEFAULT NULL::json[], p_cancelled boolean[] DEFAULT NULL::boolean[], p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(changed integer, stale_job_ids bigint[])
     LANGUAGE sql
     AS $_$-- pgxjob wrapper
-select * from pgxjob_public.pgxjob_record_job_results($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)$_$;
+select * from pgxjob_public.pgxjob_record_job_results($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)$_$;
 
 --
 -- Name: pgxjob_register_group(text); Type: FUNCTION; Schema: public; Owner: -
@@ -1572,22 +1894,22 @@ CREATE FUNCTION public.pgxjob_release_unknown_jobs(p_worker_id integer, p_known 
 select pgxjob_public.pgxjob_release_unknown_jobs($1, $2)$_$;
 
 --
--- Name: pgxjob_schedule(text, json, text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_schedule(text, json, text, timestamp with time zone, integer, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_schedule(job_type text, params json DEFAULT NULL::json, group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS bigint
+CREATE FUNCTION public.pgxjob_schedule(job_type text, params json DEFAULT NULL::json, group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, unique_key text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE sql
     AS $_$-- pgxjob wrapper
-select pgxjob_public.pgxjob_schedule($1, $2, $3, $4)$_$;
+select pgxjob_public.pgxjob_schedule($1, $2, $3, $4, $5, $6)$_$;
 
 --
--- Name: pgxjob_schedule_many(text, json[], text, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_schedule_many(text, json[], text, timestamp with time zone, integer, text[]); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_schedule_many(job_type text, params json[], group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS SETOF bigint
+CREATE FUNCTION public.pgxjob_schedule_many(job_type text, params json[], group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, unique_keys text[] DEFAULT NULL::text[]) RETURNS SETOF bigint
     LANGUAGE sql
     AS $_$-- pgxjob wrapper
-select * from pgxjob_public.pgxjob_schedule_many($1, $2, $3, $4)$_$;
+select * from pgxjob_public.pgxjob_schedule_many($1, $2, $3, $4, $5, $6)$_$;
 
 --
 -- Name: pgxjob_status(integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
@@ -1639,7 +1961,10 @@ CREATE TABLE pgxjob_public.pgxjob_asap_jobs (
     group_id integer NOT NULL,
     type_id integer NOT NULL,
     worker_id integer,
-    params json
+    params json,
+    priority integer DEFAULT 0 NOT NULL,
+    unique_key text,
+    cancel_requested boolean DEFAULT false NOT NULL
 )
 WITH (fillfactor='90');
 
@@ -1698,6 +2023,9 @@ CREATE TABLE pgxjob_public.pgxjob_job_runs (
     finished_at timestamp with time zone NOT NULL,
     params json,
     error text,
+    outcome text,
+    output json,
+    CONSTRAINT pgxjob_job_runs_outcome_known CHECK ((outcome = ANY (ARRAY['succeeded'::text, 'failed'::text, 'retried'::text, 'cancelled'::text, 'stale'::text]))),
     CONSTRAINT pgxjob_job_runs_run_number_positive CHECK ((run_number > 0))
 );
 
@@ -1740,9 +2068,22 @@ CREATE TABLE pgxjob_public.pgxjob_run_at_jobs (
     error_count integer DEFAULT 0 NOT NULL,
     last_error text,
     params json,
+    priority integer DEFAULT 0 NOT NULL,
+    unique_key text,
+    cancel_requested boolean DEFAULT false NOT NULL,
     CONSTRAINT pgxjob_run_at_jobs_error_count_not_negative CHECK ((error_count >= 0))
 )
 WITH (fillfactor='90');
+
+--
+-- Name: pgxjob_unique_keys; Type: TABLE; Schema: pgxjob_public; Owner: -
+--
+
+CREATE TABLE pgxjob_public.pgxjob_unique_keys (
+    type_id integer NOT NULL,
+    unique_key text NOT NULL,
+    job_id bigint NOT NULL
+);
 
 --
 -- Name: pgxjob_workers; Type: TABLE; Schema: pgxjob_public; Owner: -
@@ -1837,6 +2178,13 @@ ALTER TABLE ONLY pgxjob_public.pgxjob_run_at_jobs
     ADD CONSTRAINT pgxjob_run_at_jobs_pkey PRIMARY KEY (id);
 
 --
+-- Name: pgxjob_unique_keys pgxjob_unique_keys_pkey; Type: CONSTRAINT; Schema: pgxjob_public; Owner: -
+--
+
+ALTER TABLE ONLY pgxjob_public.pgxjob_unique_keys
+    ADD CONSTRAINT pgxjob_unique_keys_pkey PRIMARY KEY (type_id, unique_key);
+
+--
 -- Name: pgxjob_workers pgxjob_workers_pkey; Type: CONSTRAINT; Schema: pgxjob_public; Owner: -
 --
 
@@ -1854,7 +2202,7 @@ ALTER TABLE ONLY public.pgxjob_schema_migrations
 -- Name: pgxjob_asap_jobs_fetch_idx; Type: INDEX; Schema: pgxjob_public; Owner: -
 --
 
-CREATE INDEX pgxjob_asap_jobs_fetch_idx ON pgxjob_public.pgxjob_asap_jobs USING btree (group_id, id) WHERE (worker_id IS NULL);
+CREATE INDEX pgxjob_asap_jobs_fetch_idx ON pgxjob_public.pgxjob_asap_jobs USING btree (group_id, priority DESC, id) WHERE (worker_id IS NULL);
 
 --
 -- Name: pgxjob_asap_jobs_worker_id_idx; Type: INDEX; Schema: pgxjob_public; Owner: -
@@ -1873,6 +2221,12 @@ CREATE INDEX pgxjob_job_runs_finished_at_idx ON pgxjob_public.pgxjob_job_runs US
 --
 
 CREATE INDEX pgxjob_run_at_jobs_fetch_idx ON pgxjob_public.pgxjob_run_at_jobs USING btree (group_id, next_run_at) WHERE (worker_id IS NULL);
+
+--
+-- Name: pgxjob_run_at_jobs_priority_fetch_idx; Type: INDEX; Schema: pgxjob_public; Owner: -
+--
+
+CREATE INDEX pgxjob_run_at_jobs_priority_fetch_idx ON pgxjob_public.pgxjob_run_at_jobs USING btree (group_id, priority DESC, next_run_at) WHERE (worker_id IS NULL);
 
 --
 -- Name: pgxjob_run_at_jobs_worker_id_idx; Type: INDEX; Schema: pgxjob_public; Owner: -

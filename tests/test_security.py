@@ -259,14 +259,14 @@ def test_application_role_reads_and_writes_no_pgxjob_table(db: Db) -> None:
     assert_all_denied(db.app, denied_table_statements(db))
 
 
-def test_application_role_may_execute_only_the_schedule_functions(db: Db) -> None:
+def test_application_role_may_execute_only_the_schedule_and_cancel_functions(db: Db) -> None:
     rows = run(
         db.admin,
         "select distinct p.proname::text from pg_proc p where p.proname like 'pgxjob\\_%%'"
         " and has_function_privilege(%s, p.oid, 'execute') order by 1",
         (db.app_role,),
     )
-    assert rows == [("pgxjob_schedule",), ("pgxjob_schedule_many",)]
+    assert rows == [("pgxjob_cancel_job",), ("pgxjob_schedule",), ("pgxjob_schedule_many",)]
     now = dt.datetime.now(dt.UTC)
     result = queries.JobResult(1, 0, now, now, None, None, None, None, True)
     calls: list[Callable[[psycopg.Connection[Any]], Any]] = [

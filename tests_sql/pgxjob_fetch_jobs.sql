@@ -1,7 +1,7 @@
 -- pgxjob_fetch_jobs(worker_id, limit, now): claims a batch of the worker's group for the worker.
 begin;
 \ir helpers.psql
-select plan(27);
+select plan(31);
 
 select t_setup();
 select t_worker('g1') as w1 \gset
@@ -100,6 +100,38 @@ select results_eq(
   format($q$select id, asap from pgxjob_fetch_jobs(%s, 10)$q$, :w1),
   format('values (%s::bigint, false), (%s::bigint, true)', :timed_early, :asap_new),
   'a timed job that fell due before an ASAP job was inserted comes first, in one batch'
+);
+
+-- Priorities: higher first among due jobs, across both tables; then due time, then id.
+select t_worker('g2') as wp \gset
+select pgxjob_schedule('t1', group_name => 'g2') as p_low \gset
+select pgxjob_schedule('t1', group_name => 'g2', priority => 5) as p_high \gset
+select pgxjob_schedule('t1', group_name => 'g2', run_at => now() + interval '1 minute',
+                       priority => 9) as p_timed_top \gset
+select pgxjob_schedule('t1', group_name => 'g2', run_at => now() + interval '2 minutes',
+                       priority => 9) as p_timed_later \gset
+select pgxjob_schedule('t1', group_name => 'g2', run_at => now() + interval '1 minute',
+                       priority => -3) as p_timed_low \gset
+select results_eq(
+  format($q$select id, priority from pgxjob_fetch_jobs(%s, 2)$q$, :wp),
+  format('values (%s::bigint, 5), (%s, 0)', :p_high, :p_low),
+  'before the timed jobs are due, the higher ASAP priority goes first'
+);
+select results_eq(
+  format($q$select id, priority from pgxjob_fetch_jobs(%s, 10, now() + interval '90 seconds')$q$,
+         :wp),
+  format('values (%s::bigint, 9), (%s, -3)', :p_timed_top, :p_timed_low),
+  'a due timed job of priority 9 comes before one of -3; a job not yet due is not claimed'
+);
+select pgxjob_schedule('t1', group_name => 'g2', priority => 9) as p_asap_top \gset
+select results_eq(
+  format($q$select id from pgxjob_fetch_jobs(%s, 10, now() + interval '3 minutes')$q$, :wp),
+  format('values (%s::bigint), (%s)', :p_asap_top, :p_timed_later),
+  'equal priorities go in due-time order across both tables'
+);
+select is(
+  (select priority from pgxjob_run_at_jobs where id = :p_timed_later), 9,
+  'the timed job keeps its priority'
 );
 
 -- Errors

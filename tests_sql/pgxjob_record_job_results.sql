@@ -1,7 +1,7 @@
 -- pgxjob_record_job_results(...): every outcome of a run, recorded in one call per batch.
 begin;
 \ir helpers.psql
-select plan(56);
+select plan(57);
 
 select t_setup();
 select t_worker('g1') as w \gset
@@ -245,10 +245,18 @@ select results_eq(
          :fenced_ok, :w_other, :fenced_retry, :w_other, :fenced_fail, :w_other),
   'the jobs stay where they were, owned by the worker running them'
 );
-select is((select count(*)::int from pgxjob_job_runs where job_id in (:fenced_ok, :fenced_retry, :fenced_fail)),
-  0, 'stale results log no run');
+select results_eq(
+  format($q$select job_id, run_number, outcome from pgxjob_job_runs
+            where job_id in (%s, %s, %s) order by job_id$q$,
+         :fenced_ok, :fenced_retry, :fenced_fail),
+  format($q$values (%s::bigint, 1, 'stale'::text), (%s, 1, 'stale'), (%s, 1, 'stale')$q$,
+         :fenced_ok, :fenced_retry, :fenced_fail),
+  'stale runs are logged with outcome stale while their run number is free'
+);
 select is(t_record(:fenced_retry, 0, 'real retry', now() + interval '1 hour'), 1,
   'the owner''s own result then applies');
+select is((select outcome from pgxjob_job_runs where job_id = :fenced_retry and run_number = 1),
+  'retried', 'and its run replaces the stale one in the log');
 
 -- A row that cannot be applied as asked is a final failure that says why; the rest still apply.
 select pgxjob_schedule('t1') as poison \gset

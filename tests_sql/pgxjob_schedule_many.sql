@@ -1,7 +1,7 @@
 -- pgxjob_schedule_many(job_type, params[], group_name, run_at): bulk enqueue in one statement.
 begin;
 \ir helpers.psql
-select plan(13);
+select plan(17);
 
 select t_setup();
 
@@ -63,6 +63,25 @@ select throws_ok($$select pgxjob_schedule_many(null, array['{}']::json[])$$, 'PJ
   'pgxjob: job type must not be null or empty', 'a null type raises PJ003');
 select throws_ok($$select pgxjob_schedule_many('t1', array['{bad']::json[])$$, '22P02', null,
   'an invalid JSON element raises 22P02');
+
+-- Priority and unique keys
+create temp table t_prio as
+select id from pgxjob_schedule_many('t1', array['{}', '{}']::json[], priority => 4) as id;
+select is(
+  (select array_agg(priority order by id) from pgxjob_asap_jobs where id in (select id from t_prio)),
+  array[4, 4], 'one priority for every job of the call'
+);
+select pgxjob_schedule('t1', unique_key => 'held') as held \gset
+create temp table t_keyed as
+select row_number() over () as n, id
+from pgxjob_schedule_many('t1', array['{"n": 1}', '{"n": 2}', '{"n": 3}', '{"n": 4}']::json[],
+                          unique_keys => array['held', null, 'new', 'new']) as id;
+select is((select id from t_keyed where n = 1), :held::bigint,
+  'a key already held returns its job''s id in place');
+select is((select id from t_keyed where n = 4), (select id from t_keyed where n = 3),
+  'a key repeated within the call makes one job');
+select throws_ok($$select pgxjob_schedule_many('t1', array['{}']::json[], unique_keys => array['a', 'b'])$$,
+  'PJ005', null, 'unique_keys of another length than params raises PJ005');
 
 select * from finish();
 rollback;

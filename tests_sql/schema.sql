@@ -2,7 +2,7 @@
 -- users, triggers and the Python package rely on.
 begin;
 \ir helpers.psql
-select plan(49);
+select plan(51);
 
 -- Tables
 select results_eq(
@@ -10,8 +10,8 @@ select results_eq(
     where c.relnamespace = 'pgxjob_public'::regnamespace and c.relkind = 'r'
     order by 1$$,
   array['pgxjob_asap_jobs', 'pgxjob_groups', 'pgxjob_job_runs', 'pgxjob_job_types',
-        'pgxjob_run_at_jobs', 'pgxjob_workers'],
-  'the private schema holds pgxjob''s six tables'
+        'pgxjob_run_at_jobs', 'pgxjob_unique_keys', 'pgxjob_workers'],
+  'the private schema holds pgxjob''s seven tables'
 );
 select results_eq(
   $$select c.relname::text collate "default" from pg_class c
@@ -26,13 +26,17 @@ select columns_are('pgxjob_job_types', array['id', 'name', 'default_group_id']);
 select columns_are('pgxjob_workers',
   array['id', 'group_id', 'inserted_at', 'heartbeat_at', 'dead_after', 'previous_heartbeat_at']);
 select columns_are('pgxjob_asap_jobs',
-  array['id', 'inserted_at', 'group_id', 'type_id', 'worker_id', 'params']);
+  array['id', 'inserted_at', 'group_id', 'type_id', 'worker_id', 'params', 'priority',
+        'unique_key', 'cancel_requested']);
 select columns_are('pgxjob_run_at_jobs',
   array['id', 'inserted_at', 'run_at', 'next_run_at', 'group_id', 'type_id', 'worker_id',
-        'error_count', 'last_error', 'params']);
+        'error_count', 'last_error', 'params', 'priority', 'unique_key', 'cancel_requested']);
+select columns_are('pgxjob_unique_keys', array['type_id', 'unique_key', 'job_id']);
+select col_is_pk('pgxjob_unique_keys', array['type_id', 'unique_key'],
+  'a unique key is held once per job type');
 select columns_are('pgxjob_job_runs',
   array['job_id', 'run_number', 'group_id', 'type_id', 'inserted_at', 'run_at', 'started_at',
-        'finished_at', 'params', 'error']);
+        'finished_at', 'params', 'error', 'outcome', 'output']);
 
 select col_type_is('pgxjob_asap_jobs', 'id', 'bigint', 'job ids are bigint');
 select col_type_is('pgxjob_asap_jobs', 'params', 'json', 'ASAP params are json, not jsonb');
@@ -66,7 +70,7 @@ select indexes_are('pgxjob_asap_jobs',
   array['pgxjob_asap_jobs_pkey', 'pgxjob_asap_jobs_fetch_idx', 'pgxjob_asap_jobs_worker_id_idx']);
 select indexes_are('pgxjob_run_at_jobs',
   array['pgxjob_run_at_jobs_pkey', 'pgxjob_run_at_jobs_fetch_idx',
-        'pgxjob_run_at_jobs_worker_id_idx']);
+        'pgxjob_run_at_jobs_priority_fetch_idx', 'pgxjob_run_at_jobs_worker_id_idx']);
 select has_index('pgxjob_asap_jobs', 'pgxjob_asap_jobs_worker_id_idx', array['worker_id']);
 select has_index('pgxjob_run_at_jobs', 'pgxjob_run_at_jobs_worker_id_idx', array['worker_id']);
 select is(
@@ -102,12 +106,14 @@ select is_empty(
       'pgxjob_prune_job_runs(interval)',
       'pgxjob_reap_dead_workers(timestamp with time zone,integer)',
       'pgxjob_release_unknown_jobs(integer,bigint[])',
-      'pgxjob_record_job_results(integer,bigint[],integer[],timestamp with time zone[],timestamp with time zone[],text[],timestamp with time zone[],integer[],interval[],boolean[],timestamp with time zone)',
+      'pgxjob_record_job_results(integer,bigint[],integer[],timestamp with time zone[],timestamp with time zone[],text[],timestamp with time zone[],integer[],interval[],boolean[],json[],boolean[],timestamp with time zone)',
+      'pgxjob_cancel_job(bigint,timestamp with time zone)',
+      'pgxjob_cancel_requests(integer)',
       'pgxjob_register_group(text)',
       'pgxjob_register_job_type(text,text)',
       'pgxjob_register_worker(text,interval,timestamp with time zone)',
-      'pgxjob_schedule(text,json,text,timestamp with time zone)',
-      'pgxjob_schedule_many(text,json[],text,timestamp with time zone)',
+      'pgxjob_schedule(text,json,text,timestamp with time zone,integer,text)',
+      'pgxjob_schedule_many(text,json[],text,timestamp with time zone,integer,text[])',
       'pgxjob_unregister_worker(integer)',
       'pgxjob_worker_heartbeat(integer,timestamp with time zone)'
     ])
@@ -145,18 +151,20 @@ select is_empty(
   'implementation, schema-qualified'
 );
 
-select function_returns('pgxjob_schedule', array['text', 'json', 'text', 'timestamp with time zone'], 'bigint');
+select function_returns('pgxjob_schedule', array['text', 'json', 'text', 'timestamp with time zone', 'integer', 'text'], 'bigint');
 select is(
-  pg_get_function_arguments('pgxjob_schedule(text, json, text, timestamptz)'::regprocedure),
+  pg_get_function_arguments('pgxjob_schedule(text, json, text, timestamptz, int, text)'::regprocedure),
   'job_type text, params json DEFAULT NULL::json, group_name text DEFAULT NULL::text, '
-    'run_at timestamp with time zone DEFAULT NULL::timestamp with time zone',
-  'pgxjob_schedule takes (job_type, params, group_name, run_at), all but job_type optional'
+    'run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, '
+    'priority integer DEFAULT 0, unique_key text DEFAULT NULL::text',
+  'pgxjob_schedule takes (job_type, params, group_name, run_at, priority, unique_key), all but '
+  'job_type optional'
 );
 select volatility_is('pgxjob_linear_backoff',
   array['integer', 'integer', 'interval', 'timestamp with time zone'], 'stable',
   'pgxjob_linear_backoff is stable, not immutable: timestamptz + interval reads TimeZone');
-select volatility_is('pgxjob_schedule', array['text', 'json', 'text', 'timestamp with time zone'], 'volatile');
-select isnt_strict('pgxjob_schedule', array['text', 'json', 'text', 'timestamp with time zone'],
+select volatility_is('pgxjob_schedule', array['text', 'json', 'text', 'timestamp with time zone', 'integer', 'text'], 'volatile');
+select isnt_strict('pgxjob_schedule', array['text', 'json', 'text', 'timestamp with time zone', 'integer', 'text'],
   'pgxjob_schedule is called on null input, so a null job type raises instead of returning null');
 select function_returns('pgxjob_prune_job_runs', array['interval'], 'bigint');
 select is(
@@ -181,7 +189,8 @@ select is(
   pg_get_function_result('pgxjob_fetch_jobs(int, int, timestamptz)'::regprocedure),
   'TABLE(id bigint, group_id integer, type_id integer, type_name text, params json, '
     'inserted_at timestamp with time zone, run_at timestamp with time zone, '
-    'error_count integer, last_error text, asap boolean)',
+    'error_count integer, last_error text, asap boolean, priority integer, '
+    'cancel_requested boolean)',
   'pgxjob_fetch_jobs returns the job fields the worker needs'
 );
 select is_empty(

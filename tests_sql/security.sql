@@ -86,6 +86,7 @@ select is_empty(
       and p.proname not in ('pgxjob_grant_privileges',
                             'pgxjob_grant_application', 'pgxjob_grant_worker',
                             'pgxjob_check_name', 'pgxjob_check_now', 'pgxjob_backoff_time',
+                            'pgxjob_check_unique_key',
                             'pgxjob_api_schema', 'pgxjob_refuse_delete_in_use',
                             'pgxjob_publish_functions')
       and not p.prosecdef$$,
@@ -111,18 +112,20 @@ select results_eq(
   $$values
     ('usage on schema public'),
     ('usage on schema pgxjob_public'),
+    ('execute on function pgxjob_cancel_job(job_id bigint, p_now timestamp with time zone)'),
     ('execute on function pgxjob_schedule(job_type text, params json, group_name text, '
-     'run_at timestamp with time zone)'),
+     'run_at timestamp with time zone, priority integer, unique_key text)'),
     ('execute on function pgxjob_schedule_many(job_type text, params json[], group_name text, '
-     'run_at timestamp with time zone)')$$,
-  'pgxjob_grant_application grants schema usage and the two schedule functions'
+     'run_at timestamp with time zone, priority integer, unique_keys text[])')$$,
+  'pgxjob_grant_application grants schema usage, the two schedule functions and cancel'
 );
 select results_eq(
   format($$select p.proname::text collate "default" from pg_proc p
            where p.proname like 'pgxjob\_%%' and has_function_privilege(%L, p.oid, 'execute')
            order by 1$$, :'app_role'),
-  array['pgxjob_schedule', 'pgxjob_schedule', 'pgxjob_schedule_many', 'pgxjob_schedule_many'],
-  'the application role may execute pgxjob_schedule and pgxjob_schedule_many only'
+  array['pgxjob_cancel_job', 'pgxjob_cancel_job', 'pgxjob_schedule', 'pgxjob_schedule',
+        'pgxjob_schedule_many', 'pgxjob_schedule_many'],
+  'the application role may execute the schedule functions and pgxjob_cancel_job only'
 );
 select is_empty(
   format($$select c.relname from pg_class c
@@ -141,7 +144,7 @@ select ok(
 select ok(has_function_privilege(:'worker_role', 'pgxjob_fetch_jobs(int, int, timestamptz)', 'execute'),
   'the worker role may fetch jobs');
 select ok(has_function_privilege(:'worker_role',
-    'pgxjob_record_job_results(int, bigint[], int[], timestamptz[], timestamptz[], text[], timestamptz[], int[], interval[], boolean[], timestamptz)',
+    'pgxjob_record_job_results(int, bigint[], int[], timestamptz[], timestamptz[], text[], timestamptz[], int[], interval[], boolean[], json[], boolean[], timestamptz)',
     'execute'),
   'the worker role may record results');
 select ok(has_function_privilege(:'worker_role', 'pgxjob_status(int, timestamptz)', 'execute'),
@@ -187,7 +190,7 @@ select lives_ok(
   'a role name with quotes and a semicolon is granted to, as a name'
 );
 select ok(
-  has_function_privilege(:'odd_role', 'pgxjob_schedule(text, json, text, timestamptz)', 'execute')
+  has_function_privilege(:'odd_role', 'pgxjob_schedule(text, json, text, timestamptz, int, text)', 'execute')
     and to_regclass('pgxjob_groups') is not null,
   'the odd role got its grant and the name ran no SQL'
 );
