@@ -192,8 +192,11 @@ class Worker:
     def _register(self) -> bool:
         delay = 0.05
         while not self.shutdown_requested.is_set():
+            if not self._scheduler.ready:
+                # The scheduler's setup reports its own failures; wait so shutdown can interrupt.
+                self.shutdown_requested.wait(0.05)
+                continue
             try:
-                self._scheduler.wait_ready(timeout=min(5.0, self._poll_interval))
                 self._group = self._scheduler.job_group(self.group_name)
                 with self._connection() as conn:
                     worker_id = queries.register_worker(

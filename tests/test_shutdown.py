@@ -297,3 +297,37 @@ def test_close_returns_on_time_with_the_database_down_and_the_worker_is_reaped_l
     finally:
         other.close(5)
     assert scalar(url, "select count(*) from pgxjob_workers") == 0
+
+
+def test_a_worker_waiting_for_an_unreachable_database_shuts_down_at_once() -> None:
+    scheduler = pgxjob.Scheduler(
+        "host=127.0.0.1 port=1 dbname=nowhere connect_timeout=1", handle_error=lambda err: None
+    )
+    try:
+        worker = scheduler.start_worker(poll_interval=60)
+        time.sleep(0.3)  # registration is waiting for the scheduler's setup
+        started = time.monotonic()
+        assert worker.shutdown(timeout=5)
+        assert time.monotonic() - started < 1
+    finally:
+        scheduler.close(1)
+
+
+def test_close_called_from_inside_a_handler_returns_and_the_workers_stop(url: str) -> None:
+    returned = threading.Event()
+    results: list[bool] = []
+
+    def handler(job: pgxjob.Job) -> None:
+        results.append(scheduler.close())
+        returned.set()
+
+    scheduler = pgxjob.Scheduler(url, job_types=[pgxjob.JobTypeConfig("t", handler)])
+    worker = scheduler.start_worker(poll_interval=0.05)
+    assert worker.startup_complete.wait(10)
+    job_id = scheduler.schedule(None, "t")
+    assert returned.wait(5), "close() from a handler did not return"
+    assert results == [False]
+    assert worker.shutdown(10)
+    assert scheduler.close(5)
+    assert successful_runs(url) == {job_id: 1}
+    assert scalar(url, "select count(*) from pgxjob_workers") == 0
