@@ -47,6 +47,9 @@ HandleError = Callable[[BaseException], None]
 # of a scheduler that was never closed, releasing what they still own.
 EXIT_TIMEOUT = 5.0
 
+# How long close() waits for the workers still busy at its deadline to unregister.
+_ABANDON_TIMEOUT = 10.0
+
 _live_schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 _live_lock = threading.Lock()
 
@@ -418,9 +421,18 @@ class Scheduler:
         for worker in workers:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             clean = worker.shutdown(remaining) and clean
-        for worker in workers:
-            if not worker.stopped:
-                worker._abandon()
+        # Unregistered together, each in one call: with the database down, each call may take
+        # the pool's timeout, and the caller should wait for that once, not once per worker.
+        stragglers = [
+            threading.Thread(target=worker._abandon, name=f"{worker.name}-abandon", daemon=True)
+            for worker in workers
+            if not worker.stopped
+        ]
+        for thread in stragglers:
+            thread.start()
+        abandon_deadline = time.monotonic() + _ABANDON_TIMEOUT
+        for thread in stragglers:
+            thread.join(max(0.0, abandon_deadline - time.monotonic()))
         with self._lock:
             listener, self._listener = self._listener, None
             close_pool = self._own_pool is not None and self._pool_opened and not self._pool_closed

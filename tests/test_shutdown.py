@@ -3,6 +3,7 @@ after it begins, callable from a handler, and at interpreter exit."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -255,48 +256,68 @@ def test_the_end_of_the_program_without_close_releases_jobs_and_unregisters(url:
     assert scalar(url, "select count(*) from pgxjob_workers") == 0
 
 
-def test_close_returns_on_time_with_the_database_down_and_the_worker_is_reaped_later(
+def test_close_returns_on_time_with_the_database_down_and_the_workers_are_reaped_later(
     url: str,
 ) -> None:
     gate = Gate()
+    groups = ["a", "b", "c"]
+    types = [pgxjob.JobTypeConfig(f"t_{g}", gate, default_group_name=g) for g in groups]
     with fault_proxy(url) as proxy:
         scheduler = pgxjob.Scheduler(
-            proxy.conninfo,
-            job_types=[pgxjob.JobTypeConfig("t", gate)],
-            handle_error=lambda err: None,
+            proxy.conninfo, job_groups=groups, job_types=types, handle_error=lambda err: None
         )
         try:
-            worker = scheduler.start_worker(
-                poll_interval=60,
-                max_concurrent_jobs=1,
-                min_heartbeat_delay=0.1,
-                heartbeat_delay_jitter=0.05,
-                worker_dead_without_heartbeat=1.5,
-            )
-            assert worker.startup_complete.wait(10)
-            query(url, "select pgxjob_schedule('t') from generate_series(1, 5)")
-            wait_for(lambda: gate.count() == 1, 10, "a job to hang")
-            wait_for(lambda: scalar(url, OWNED) == 5, 10, "every job to be prefetched")
+            workers = [
+                scheduler.start_worker(
+                    group_name=g,
+                    poll_interval=60,
+                    max_concurrent_jobs=1,
+                    min_heartbeat_delay=0.1,
+                    heartbeat_delay_jitter=0.05,
+                    worker_dead_without_heartbeat=1.5,
+                )
+                for g in groups
+            ]
+            for worker in workers:
+                assert worker.startup_complete.wait(10)
+            for group in groups:
+                scheduler.schedule_many(None, f"t_{group}", [None] * 2)
+            wait_for(lambda: gate.count() == 3, 10, "a job to hang in each worker")
+            wait_for(lambda: scalar(url, OWNED) == 6, 10, "every job to be prefetched")
             proxy.outage()
             started = time.monotonic()
             assert scheduler.close(timeout=1) is False
-            # The deadline, then one unregistering attempt bounded by the pool's timeout.
-            assert time.monotonic() - started < 10
+            # The deadline, then one unregistering attempt for all three workers together,
+            # bounded by the pool's 5 s timeout (not 5 s per worker).
+            assert time.monotonic() - started < 9
         finally:
             gate.open.set()
             proxy.resume()
             scheduler.close(1)
-    # It sends no heartbeat any more, so any live worker reaps it and takes its jobs.
-    other = pgxjob.Scheduler(url, job_types=[pgxjob.JobTypeConfig("t", lambda job: None)])
+    # They send no heartbeat any more, so any live worker reaps them and takes their jobs.
+    other = pgxjob.Scheduler(
+        url, job_groups=groups, job_types=[dataclasses.replace(t, run_job=noop) for t in types]
+    )
     try:
-        helper = other.start_worker(
-            poll_interval=0.1, min_heartbeat_delay=0.1, heartbeat_delay_jitter=0.05
-        )
+        helpers = [
+            other.start_worker(
+                group_name=g,
+                poll_interval=0.1,
+                min_heartbeat_delay=0.1,
+                heartbeat_delay_jitter=0.05,
+            )
+            for g in groups
+        ]
         wait_for(lambda: pending_jobs(url) == 0, 20, "the jobs to run elsewhere")
-        assert helper.shutdown(10)
+        for helper in helpers:
+            assert helper.shutdown(10)
     finally:
         other.close(5)
     assert scalar(url, "select count(*) from pgxjob_workers") == 0
+
+
+def noop(job: pgxjob.Job) -> None:
+    pass
 
 
 def test_a_worker_waiting_for_an_unreachable_database_shuts_down_at_once() -> None:
