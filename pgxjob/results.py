@@ -138,7 +138,9 @@ class ResultBuffer:
             batch = self._results[:_MAX_FLUSH_CHUNK]
             del self._results[:_MAX_FLUSH_CHUNK]
             self._oldest_at = time.monotonic()
-            self._flush_now = False
+            # An idle flush covers what is still buffered after a capped chunk too.
+            if not self._results:
+                self._flush_now = False
             return batch
 
     def _put_back(self, batch: list[tuple[int, JobResult]]) -> None:
