@@ -6,13 +6,26 @@ Python, and run by thread workers started with :meth:`Scheduler.start_worker`.
 
 from __future__ import annotations
 
+from pgxjob.context import ctx
+from pgxjob.errors import (
+    InvalidArgumentError,
+    InvalidNameError,
+    NotReadyError,
+    PgxjobError,
+    SchemaVersionError,
+    UnknownGroupError,
+    UnknownJobTypeError,
+    WorkerNotRegisteredError,
+)
 from pgxjob.jobs import (
     ErrorFilter,
+    ErrorFilterFunc,
     ErrorWithRetry,
     Job,
     JobGroup,
     JobType,
     JobTypeConfig,
+    ParamsError,
     RetryLinearBackoffErrorFilter,
     filter_error,
     job_type,
@@ -20,20 +33,33 @@ from pgxjob.jobs import (
     unmarshal_params,
 )
 from pgxjob.queries import PG_NOTIFY_CHANNEL
-from pgxjob.scheduler import Scheduler, acquire_conn_from_pool, ctx
-from pgxjob.worker import Worker
+from pgxjob.results import UnrecordableResultError
+from pgxjob.scheduler import Scheduler, acquire_conn_from_pool
+from pgxjob.worker import NoHandlerError, Worker
 
 __all__ = [
     "PG_NOTIFY_CHANNEL",
     "ErrorFilter",
+    "ErrorFilterFunc",
     "ErrorWithRetry",
+    "InvalidArgumentError",
+    "InvalidNameError",
     "Job",
     "JobGroup",
     "JobType",
     "JobTypeConfig",
+    "NoHandlerError",
+    "NotReadyError",
+    "ParamsError",
+    "PgxjobError",
     "RetryLinearBackoffErrorFilter",
     "Scheduler",
+    "SchemaVersionError",
+    "UnknownGroupError",
+    "UnknownJobTypeError",
+    "UnrecordableResultError",
     "Worker",
+    "WorkerNotRegisteredError",
     "acquire_conn_from_pool",
     "ctx",
     "default_context_scheduler",

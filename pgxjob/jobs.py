@@ -8,16 +8,20 @@ import functools
 import inspect
 import json
 import threading
+import traceback
 import types
 import typing
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, is_typeddict
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, is_typeddict, overload
+
+from pgxjob.durations import Seconds, to_timedelta
 
 if TYPE_CHECKING:
     from pgxjob.worker import Worker
 
 __all__ = [
     "ErrorFilter",
+    "ErrorFilterFunc",
     "ErrorWithRetry",
     "Job",
     "JobGroup",
@@ -95,6 +99,14 @@ class JobTypeConfig:
             raise ValueError(f"job type name must be a non-empty string, got {self.name!r}")
         if not callable(self.run_job):
             raise TypeError(f"run_job of job type {self.name!r} must be callable")
+        # An instance whose __call__ is async counts too.
+        call = getattr(type(self.run_job), "__call__", None)  # noqa: B004
+        if inspect.iscoroutinefunction(self.run_job) or inspect.iscoroutinefunction(call):
+            raise TypeError(
+                f"run_job of job type {self.name!r} is a coroutine function (async def); "
+                "pgxjob runs handlers on threads and would never await it. Declare a plain "
+                "function that runs it, e.g. `def run_job(job): asyncio.run(handler(job))`"
+            )
         if not isinstance(self.default_group_name, str) or not self.default_group_name:
             raise ValueError(
                 f"default_group_name of job type {self.name!r} must be a non-empty string"
@@ -115,40 +127,76 @@ def job_type(
     return decorate
 
 
+MAX_RETRIES_LIMIT = 2**31 - 1
+"""The largest max_retries PostgreSQL's int can hold."""
+
+
+def _check_max_retries(value: object, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if not 0 <= value <= MAX_RETRIES_LIMIT:
+        raise ValueError(f"{name} must be between 0 and {MAX_RETRIES_LIMIT}, got {value!r}")
+    return value
+
+
 class ErrorWithRetry(Exception):
     """Raised by a handler (or returned by an error filter) to run the job again later.
 
-    ``retry_at`` is when to run it again. Instead of a time, a linear backoff
+    ``retry_at`` is when to run it again: a timezone-aware datetime, or a delay (seconds or a
+    timedelta) counted from now on this host's clock. Instead, a linear backoff
     (``backoff_max_retries``, ``backoff_base_delay``) lets the database compute the retry time
-    on its own clock when the result is recorded; :class:`RetryLinearBackoffErrorFilter` uses it.
+    on its own clock when the result is recorded, and fail the job for good once error_count
+    reaches max_retries; :class:`RetryLinearBackoffErrorFilter` uses it.
     """
 
     def __init__(
         self,
         err: BaseException | str,
-        retry_at: dt.datetime | None = None,
+        retry_at: dt.datetime | Seconds | None = None,
         *,
         backoff_max_retries: int | None = None,
-        backoff_base_delay: dt.timedelta | None = None,
+        backoff_base_delay: Seconds | None = None,
     ) -> None:
         if retry_at is None and (backoff_max_retries is None or backoff_base_delay is None):
             raise ValueError(
                 "ErrorWithRetry needs retry_at, or a backoff max_retries and base_delay"
             )
-        if retry_at is not None and retry_at.tzinfo is None:
-            raise ValueError(
-                f"retry_at must be timezone-aware (got {retry_at!r}); "
-                "use datetime.now(timezone.utc) + delay"
-            )
+        if isinstance(retry_at, dt.datetime):
+            if retry_at.tzinfo is None:
+                raise ValueError(
+                    f"retry_at must be timezone-aware (got {retry_at!r}); "
+                    "use datetime.now(timezone.utc) + delay, or pass the delay itself"
+                )
+        elif retry_at is not None:
+            retry_at = dt.datetime.now(dt.UTC) + to_timedelta(retry_at, "retry_at (a delay)")
         self.err = err if isinstance(err, BaseException) else Exception(err)
-        self.retry_at = retry_at
-        self.backoff_max_retries = backoff_max_retries
-        self.backoff_base_delay = backoff_base_delay
-        super().__init__(str(err))
+        self.retry_at: dt.datetime | None = retry_at
+        self.backoff_max_retries = (
+            None
+            if backoff_max_retries is None
+            else _check_max_retries(backoff_max_retries, "backoff_max_retries")
+        )
+        self.backoff_base_delay = (
+            None
+            if backoff_base_delay is None
+            else to_timedelta(backoff_base_delay, "backoff_base_delay")
+        )
+        super().__init__(error_text(self.err))
         self.__cause__ = self.err
 
     def __str__(self) -> str:
         return error_text(self.err)
+
+    def is_final(self, error_count: int) -> bool:
+        """Whether the database ends the job for good: a backoff whose retries are used up.
+
+        ``error_count`` is the job's error_count when it ran. The rule is pgxjob_linear_backoff's.
+        """
+        return (
+            self.retry_at is None
+            and self.backoff_max_retries is not None
+            and error_count >= self.backoff_max_retries
+        )
 
 
 class ErrorFilter(Protocol):
@@ -161,18 +209,19 @@ class ErrorFilter(Protocol):
 class RetryLinearBackoffErrorFilter:
     """Retries a failed job while its error_count < max_retries.
 
+    ``base_delay`` is seconds (int or float) or a timedelta, at most 100 years.
+
     The retry time is ``now + (error_count + 1) * base_delay`` on the database's clock, computed
     by pgxjob_linear_backoff when the result is recorded.
     """
 
     max_retries: int
-    base_delay: dt.timedelta
+    base_delay: Seconds
+    """Seconds (int or float) or a timedelta when given; a timedelta once constructed."""
 
     def __post_init__(self) -> None:
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
-        if self.base_delay < dt.timedelta(0):
-            raise ValueError(f"base_delay must not be negative, got {self.base_delay}")
+        _check_max_retries(self.max_retries, "max_retries")
+        object.__setattr__(self, "base_delay", to_timedelta(self.base_delay, "base_delay"))
 
     def filter_error(self, job: Job, err: BaseException) -> BaseException:
         if isinstance(err, ErrorWithRetry):
@@ -184,17 +233,43 @@ class RetryLinearBackoffErrorFilter:
         return err
 
 
-def filter_error(run_job: RunJob, error_filter: ErrorFilter) -> RunJob:
-    """Wrap a handler so that its exceptions pass through ``error_filter.filter_error``."""
+ErrorFilterFunc = Callable[[Job, BaseException], BaseException]
+"""A plain function used as an error filter: ``(job, err) -> err``."""
+
+
+def filter_error(run_job: RunJob, error_filter: ErrorFilter | ErrorFilterFunc) -> RunJob:
+    """Wrap a handler so that its exceptions pass through the error filter.
+
+    ``error_filter`` is an :class:`ErrorFilter` (an object with a ``filter_error(job, err)``
+    method) or a plain function ``(job, err) -> err``. What it returns is raised in place of the
+    handler's error: an ErrorWithRetry to retry the job, any other exception to fail it.
+    """
+    if not callable(run_job):
+        raise TypeError(f"run_job must be callable, got {run_job!r}")
+    method = getattr(error_filter, "filter_error", None)
+    if callable(method):
+        apply: ErrorFilterFunc = method
+    elif callable(error_filter):
+        apply = error_filter
+    else:
+        raise TypeError(
+            "error_filter must have a filter_error(job, err) method or be a function "
+            f"(job, err) -> err, got {error_filter!r}"
+        )
 
     @functools.wraps(run_job)
     def run(job: Job) -> None:
         try:
             run_job(job)
         except Exception as exc:
-            filtered = error_filter.filter_error(job, exc)
+            filtered = apply(job, exc)
             if filtered is exc:
                 raise
+            if not isinstance(filtered, BaseException):
+                raise TypeError(
+                    f"error filter {error_filter!r} returned {filtered!r}; it must return an "
+                    "exception (an ErrorWithRetry to retry the job, or the error itself)"
+                ) from exc
             raise filtered from exc
 
     return run
@@ -208,14 +283,47 @@ def log_final_job_runs(
     err: BaseException | None,
 ) -> bool:
     """A ``should_log_job_run`` logging only a job's final run: a success or a failure for good."""
-    return not isinstance(err, ErrorWithRetry)
+    return is_final_run(job, err)
+
+
+def is_final_run(job: Job, err: BaseException | None) -> bool:
+    """Whether this run ends the job: a success, a plain failure, or a backoff retry used up."""
+    return not isinstance(err, ErrorWithRetry) or err.is_final(job.error_count)
 
 
 def error_text(err: BaseException) -> str:
-    """The text stored as a run's error: the exception's type and message."""
-    message = str(err)
+    """The one-line summary of an exception: its type and message. Never raises."""
     name = type(err).__name__
+    try:
+        message = str(err)
+    except Exception as exc:  # an exception whose __str__ raises must not take its runner down
+        message = f"<unprintable {name}: str() raised {type(exc).__name__}>"
     text = f"{name}: {message}" if message else name
+    return _storable(text)
+
+
+def failure_text(err: BaseException) -> str:
+    """The text stored as a failed run's error: the summary line, then the traceback.
+
+    For an ErrorWithRetry the summary is its inner error's. Never raises.
+    """
+    inner = err.err if isinstance(err, ErrorWithRetry) else err
+    summary = error_text(inner)
+    try:
+        if inner.__traceback__ is not None:
+            lines = traceback.format_exception(inner)
+        else:
+            # An ErrorWithRetry around an error that was never raised: where it was raised.
+            lines = traceback.format_exception(err, chain=False)
+        trace = "".join(lines).rstrip("\n")
+    except Exception:
+        return summary
+    if not trace or trace == summary:
+        return summary
+    return _storable(f"{summary}\n\n{trace}")
+
+
+def _storable(text: str) -> str:
     # PostgreSQL text holds neither NUL nor lone surrogates: escape them, or the batch of
     # results holding this error could never be recorded.
     return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
@@ -228,13 +336,34 @@ class ParamsError(ValueError):
 T = TypeVar("T")
 
 
-def unmarshal_params(fn: Callable[[Job, T], None]) -> RunJob:
+@overload
+def unmarshal_params(fn: Callable[[Job, T], None], *, strict: bool = False) -> RunJob: ...
+
+
+@overload
+def unmarshal_params(
+    fn: None = None, *, strict: bool = False
+) -> Callable[[Callable[[Job, T], None]], RunJob]: ...
+
+
+def unmarshal_params(
+    fn: Callable[[Job, T], None] | None = None, *, strict: bool = False
+) -> RunJob | Callable[[Callable[[Job, T], None]], RunJob]:
     """Wrap ``fn(job, params)`` into a handler that decodes the job's JSON params first.
 
     The target is the annotation of fn's second parameter: a dataclass (nested dataclasses and
     lists of them too), a TypedDict, a dict or list, or a pydantic model when pydantic is
-    installed. Params that do not fit fail the job with a ParamsError naming the mismatch.
+    installed. Keys a dataclass does not declare are ignored, so producers can add fields
+    before consumers know them; ``strict=True`` fails the job on them instead. Params that do
+    not fit fail the job with a ParamsError naming the mismatch. Also usable as
+    ``@unmarshal_params(strict=True)``.
     """
+    if fn is None:
+        return lambda f: _unmarshal_params(f, strict=strict)
+    return _unmarshal_params(fn, strict=strict)
+
+
+def _unmarshal_params(fn: Callable[[Job, T], None], *, strict: bool) -> RunJob:
     signature = inspect.signature(fn)
     parameters = list(signature.parameters.values())
     if len(parameters) != 2:
@@ -246,7 +375,7 @@ def unmarshal_params(fn: Callable[[Job, T], None]) -> RunJob:
     def run(job: Job) -> None:
         try:
             raw = None if job.params is None else json.loads(job.params)
-            params = _decode(raw, target, "params")
+            params = _decode(raw, target, "params", strict)
         except (ValueError, TypeError, KeyError) as exc:
             raise ParamsError(
                 f"job {job.id} ({job.type.name}): params {job.params!r} do not fit "
@@ -257,7 +386,7 @@ def unmarshal_params(fn: Callable[[Job, T], None]) -> RunJob:
     return run
 
 
-def _decode(value: Any, target: Any, where: str) -> Any:
+def _decode(value: Any, target: Any, where: str, strict: bool) -> Any:
     if target is Any or target is object:
         return value
     pydantic_model = _pydantic_base()
@@ -276,9 +405,13 @@ def _decode(value: Any, target: Any, where: str) -> Any:
         hints = typing.get_type_hints(target)
         names = {f.name for f in dataclasses.fields(target) if f.init}
         unknown = set(value) - names
-        if unknown:
+        if unknown and strict:
             raise KeyError(f"{where} has unknown keys {sorted(unknown)}")
-        kwargs = {k: _decode(v, hints.get(k, Any), f"{where}.{k}") for k, v in value.items()}
+        kwargs = {
+            k: _decode(v, hints.get(k, Any), f"{where}.{k}", strict)
+            for k, v in value.items()
+            if k in names
+        }
         return target(**kwargs)
     if is_typeddict(target):
         if not isinstance(value, dict):
@@ -297,16 +430,16 @@ def _decode(value: Any, target: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _decode(value, arg, where)
+                return _decode(value, arg, where, strict)
             except (TypeError, ValueError, KeyError) as exc:
                 errors.append(str(exc))
         raise TypeError(f"{where} fits none of {args}: {errors}")
     if origin is list and isinstance(value, list):
         item = args[0] if args else Any
-        return [_decode(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_decode(v, item, f"{where}[{i}]", strict) for i, v in enumerate(value)]
     if origin is dict and isinstance(value, dict):
         item = args[1] if len(args) == 2 else Any
-        return {k: _decode(v, item, f"{where}.{k}") for k, v in value.items()}
+        return {k: _decode(v, item, f"{where}.{k}", strict) for k, v in value.items()}
     check = origin or target
     if check is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from pgxjob import queries
+from pgxjob.supervise import supervise
 
 if TYPE_CHECKING:
     from pgxjob.scheduler import Scheduler
@@ -40,7 +41,13 @@ class Listener:
         self._stop = threading.Event()
         self.connected = threading.Event()
         """Set while the listener's connection is listening."""
-        self._thread = threading.Thread(target=self._run, name="pgxjob-listener", daemon=True)
+        self._thread = threading.Thread(
+            target=supervise,
+            args=("pgxjob listener", self._run),
+            kwargs={"report": scheduler._report_error, "backoff": self._stop},
+            name="pgxjob-listener",
+            daemon=True,
+        )
         self._thread.start()
 
     def add(self, worker: Worker) -> None:
@@ -108,7 +115,7 @@ class Listener:
                 self.connected.clear()
                 if self._stop.is_set():
                     return
-                self._scheduler.handle_error(exc)
+                self._scheduler._report_error(exc)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
         self.connected.clear()

@@ -2,33 +2,38 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
-import contextvars
 import dataclasses
 import datetime as dt
 import json
 import logging
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from pgxjob import migrations, queries
+from pgxjob import context, migrations, queries
+from pgxjob.context import ctx
+from pgxjob.durations import Seconds, seconds
 from pgxjob.errors import NotReadyError
 from pgxjob.jobs import JobGroup, JobType, JobTypeConfig
-
-if TYPE_CHECKING:
-    from pgxjob.listener import Listener
-    from pgxjob.worker import ShouldLogJobRun, Worker
+from pgxjob.listener import Listener
+from pgxjob.supervise import ErrorReporter, safe_reporter
+from pgxjob.worker import ShouldLogJobRun, Worker
 
 __all__ = [
     "AcquireConn",
     "Scheduler",
+    "Seconds",
     "acquire_conn_from_pool",
     "ctx",
+    "seconds",
 ]
 
 logger = logging.getLogger(__name__)
@@ -37,26 +42,16 @@ AcquireConn = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
 """Returns a context manager that lends a connection for exclusive use and takes it back."""
 
 HandleError = Callable[[BaseException], None]
-Seconds = float | dt.timedelta
 
-_current: contextvars.ContextVar[Scheduler | None] = contextvars.ContextVar(
-    "pgxjob_scheduler", default=None
-)
+# How long the interpreter-exit hook lets running jobs finish before it unregisters the workers
+# of a scheduler that was never closed, releasing what they still own.
+EXIT_TIMEOUT = 5.0
 
+# How long close() waits for the workers still busy at its deadline to unregister.
+_ABANDON_TIMEOUT = 10.0
 
-def ctx() -> Scheduler:
-    """The scheduler of the current context, else the module's default_context_scheduler."""
-    scheduler = _current.get()
-    if scheduler is None:
-        import pgxjob
-
-        scheduler = pgxjob.default_context_scheduler
-    if scheduler is None:
-        raise LookupError(
-            "no pgxjob scheduler in this context: use `with scheduler.with_context():` "
-            "or set pgxjob.default_context_scheduler"
-        )
-    return scheduler
+_live_schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
+_live_lock = threading.Lock()
 
 
 def acquire_conn_from_pool(pool: ConnectionPool[Any]) -> AcquireConn:
@@ -66,14 +61,6 @@ def acquire_conn_from_pool(pool: ConnectionPool[Any]) -> AcquireConn:
         return pool.connection()
 
     return acquire
-
-
-def seconds(value: Seconds, name: str, *, allow_zero: bool = False) -> float:
-    """A duration given as seconds or a timedelta, checked to be positive."""
-    result = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-    if result < 0 or (result == 0 and not allow_zero) or result != result:
-        raise ValueError(f"{name} must be a positive duration, got {value!r}")
-    return result
 
 
 def encode_params(params: Any) -> str | None:
@@ -188,7 +175,9 @@ class Scheduler:
             self._type_configs[config.name] = config
 
         self.handle_error: HandleError = handle_error or _log_error
-        self._setup_timeout = seconds(setup_timeout, "setup_timeout")
+        """Receives every error a background thread survives; its own errors are logged."""
+        self._report_error: ErrorReporter = safe_reporter(lambda: self.handle_error)
+        self._setup_timeout = seconds(setup_timeout, "setup_timeout", allow_zero=False)
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._closed = threading.Event()
@@ -198,8 +187,11 @@ class Scheduler:
         self._types: dict[str, JobType] = {}
         self._workers: list[Worker] = []
         self._listener: Listener | None = None
+        self._pool_closed = False
         self._setup_thread = threading.Thread(target=self._setup, name="pgxjob-setup", daemon=True)
         self._setup_thread.start()
+        with _live_lock:
+            _live_schedulers.add(self)
 
     # -- connections ------------------------------------------------------------------------
 
@@ -258,7 +250,7 @@ class Scheduler:
                 return
             except Exception as exc:
                 self._last_setup_error = exc
-                self.handle_error(exc)
+                self._report_error(exc)
                 self._closed.wait(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -360,9 +352,6 @@ class Scheduler:
         ``listen=False`` makes the worker poll only (every ``poll_interval``), for connection
         poolers such as PgBouncer in transaction mode that cannot carry LISTEN.
         """
-        from pgxjob.listener import Listener
-        from pgxjob.worker import Worker
-
         if self._closed.is_set():
             raise RuntimeError("this scheduler is closed; create a new one to start workers")
         if group_name not in self._group_names:
@@ -392,7 +381,7 @@ class Scheduler:
         # The fetch loop, the result flusher and the heartbeat may each hold a connection. (The
         # listener opens its own from the conninfo.)
         self._reserve_connections(3)
-        worker.start()
+        worker._start()
         return worker
 
     def _forget_worker(self, worker: Worker) -> None:
@@ -411,18 +400,49 @@ class Scheduler:
     def close(self, timeout: Seconds | None = None) -> bool:
         """Shut down every worker, stop the listener and close the scheduler's own pool.
 
-        Returns False when the workers did not finish within timeout.
+        The workers shut down together, under one deadline ``timeout`` seconds away (None: no
+        deadline). A worker still busy at the deadline is unregistered, which releases every
+        job it owns for another worker to run; the pool closes only after that. Returns True
+        when every worker recorded its results and unregistered in time.
+
+        Called from inside a handler, it starts the shutdown of every worker and returns False
+        at once; the pool stays open (the interpreter-exit hook closes it).
         """
+        limit = None if timeout is None else seconds(timeout, "timeout")
+        deadline = None if limit is None else time.monotonic() + limit
         self._closed.set()
+        workers = self.workers
+        for worker in workers:
+            worker._begin_shutdown()
+        current = threading.current_thread()
+        if any(current in worker._own_threads for worker in workers):
+            return False
         clean = True
-        for worker in self.workers:
-            clean = worker.shutdown(timeout) and clean
+        for worker in workers:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            clean = worker.shutdown(remaining) and clean
+        # Unregistered together, each in one call: with the database down, each call may take
+        # the pool's timeout, and the caller should wait for that once, not once per worker.
+        stragglers = [
+            threading.Thread(target=worker._abandon, name=f"{worker.name}-abandon", daemon=True)
+            for worker in workers
+            if not worker.stopped
+        ]
+        for thread in stragglers:
+            thread.start()
+        abandon_deadline = time.monotonic() + _ABANDON_TIMEOUT
+        for thread in stragglers:
+            thread.join(max(0.0, abandon_deadline - time.monotonic()))
         with self._lock:
             listener, self._listener = self._listener, None
+            close_pool = self._own_pool is not None and self._pool_opened and not self._pool_closed
+            self._pool_closed = True
         if listener is not None:
             listener.stop()
-        if self._own_pool is not None and self._pool_opened:
-            self._own_pool.close(timeout=5.0)
+        if close_pool and self._own_pool is not None:
+            self._own_pool.close(timeout=5.0 if clean else 1.0)
+        with _live_lock:
+            _live_schedulers.discard(self)
         return clean
 
     def __enter__(self) -> Scheduler:
@@ -436,11 +456,11 @@ class Scheduler:
     @contextlib.contextmanager
     def with_context(self) -> Iterator[Scheduler]:
         """Make this the scheduler :func:`ctx` returns inside the ``with`` block."""
-        token = _current.set(self)
+        token = context.current.set(self)
         try:
             yield self
         finally:
-            _current.reset(token)
+            context.current.reset(token)
 
     def _handler(self, type_name: str) -> JobType | None:
         return self._types.get(type_name)
@@ -448,3 +468,18 @@ class Scheduler:
 
 def _log_error(err: BaseException) -> None:
     logger.error("pgxjob: %s", err, exc_info=err)
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    # A program that ends (or is interrupted) without closing its scheduler must not leave jobs
+    # owned by workers that are gone until they are reaped: stop them with a short deadline.
+    with _live_lock:
+        schedulers = list(_live_schedulers)
+    for scheduler in schedulers:
+        if scheduler.workers:
+            logger.info("pgxjob: the interpreter is exiting; closing %r", scheduler)
+        try:
+            scheduler.close(timeout=EXIT_TIMEOUT)
+        except Exception:
+            logger.exception("pgxjob: closing a scheduler at exit failed")

@@ -1,29 +1,31 @@
-"""The worker: its fetch loop, handler threads, result flusher and heartbeat, and its shutdown."""
+"""The worker: registration, the fetch loop and runner threads, and shutdown; it wires the parts."""
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
+import inspect
 import itertools
 import logging
-import random
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pgxjob import queries
+from pgxjob import context, queries
+from pgxjob.durations import Seconds, seconds
 from pgxjob.errors import WorkerNotRegisteredError
-from pgxjob.jobs import ErrorWithRetry, Job, JobGroup, JobType, error_text
+from pgxjob.heartbeat import Heartbeat
+from pgxjob.jobs import ErrorWithRetry, Job, JobGroup, JobType, failure_text, is_final_run
+from pgxjob.prefetch import JobQueue
 from pgxjob.queries import FetchedJob, JobResult
-from pgxjob.scheduler import Seconds, seconds
+from pgxjob.results import ResultBuffer
+from pgxjob.supervise import supervise
 
 if TYPE_CHECKING:
     from pgxjob.scheduler import Scheduler
 
-__all__ = ["ShouldLogJobRun", "Worker"]
+__all__ = ["NoHandlerError", "ShouldLogJobRun", "Worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +33,6 @@ ShouldLogJobRun = Callable[["Worker", Job, dt.datetime, dt.datetime, BaseExcepti
 """Decides per run whether it goes to the run log: (worker, job, started_at, finished_at, err)."""
 
 _worker_numbers = itertools.count(1)
-
-# Results are sent in chunks of at most this many, so a backlog built up during an outage does
-# not become one enormous statement.
-_MAX_FLUSH_CHUNK = 5000
 
 
 class NoHandlerError(LookupError):
@@ -71,26 +69,22 @@ class Worker:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self._scheduler = scheduler
+        self._connection = scheduler.connection
+        self._report = scheduler._report_error
         self.group_name = group_name
-        self._max_concurrent_jobs = max_concurrent_jobs
         self._max_prefetched_jobs = max_prefetched_jobs
-        self._poll_interval = seconds(poll_interval, "poll_interval")
-        self._max_buffered_job_results = max_buffered_job_results
-        self._max_buffered_job_result_age = seconds(
-            max_buffered_job_result_age, "max_buffered_job_result_age", allow_zero=True
-        )
+        self._poll_interval = seconds(poll_interval, "poll_interval", allow_zero=False)
+        max_age = seconds(max_buffered_job_result_age, "max_buffered_job_result_age")
         self._should_log_job_run = should_log_job_run
-        self._min_heartbeat_delay = seconds(min_heartbeat_delay, "min_heartbeat_delay")
-        self._heartbeat_delay_jitter = seconds(
-            heartbeat_delay_jitter, "heartbeat_delay_jitter", allow_zero=True
-        )
+        min_delay = seconds(min_heartbeat_delay, "min_heartbeat_delay", allow_zero=False)
+        jitter = seconds(heartbeat_delay_jitter, "heartbeat_delay_jitter")
         if worker_dead_without_heartbeat is None:
-            self._dead_after = 5 * (self._min_heartbeat_delay + self._heartbeat_delay_jitter)
+            self._dead_after = 5 * (min_delay + jitter)
         else:
             self._dead_after = seconds(
-                worker_dead_without_heartbeat, "worker_dead_without_heartbeat"
+                worker_dead_without_heartbeat, "worker_dead_without_heartbeat", allow_zero=False
             )
-        if self._dead_after <= self._min_heartbeat_delay + self._heartbeat_delay_jitter:
+        if self._dead_after <= min_delay + jitter:
             raise ValueError(
                 "worker_dead_without_heartbeat must be longer than min_heartbeat_delay + "
                 "heartbeat_delay_jitter, or live workers would be reaped"
@@ -106,46 +100,64 @@ class Worker:
         self._wake = threading.Event()
         self._lost = threading.Event()
         self._stopped = threading.Event()
-        self._heartbeat_stop = threading.Event()
-
-        # Prefetched jobs not yet started. The fetch loop is woken when it falls to low_water.
-        self._queue: collections.deque[Job] = collections.deque()
-        self._queue_cond = threading.Condition()
-        self._low_water = max_prefetched_jobs // 2
-        self._runners_stop = False
-        # Ids of every job from its fetch until its result is recorded: what this worker knows
-        # it owns. After a fetch whose reply was lost, owned jobs outside it are released. A
-        # count per id, since a retried job can be fetched again before the flush that released
-        # it has taken its first run off.
-        self._held: collections.Counter[int] = collections.Counter()
-        self._held_lock = threading.Lock()
+        # Set when the worker gives up waiting (a deadline passed): retry loops stop at once.
+        self._abandoned = threading.Event()
         self._fetch_failed = False
 
-        self._results: list[JobResult] = []
-        self._results_cond = threading.Condition()
-        self._oldest_result_at = 0.0
-        self._flush_all = False
-        # Jobs taken by a runner whose result is not buffered yet. When it falls to zero with
-        # nothing queued, the worker is idle and flushes at once instead of letting the last
-        # results wait for max_buffered_job_result_age.
-        self._running = 0
-        self._flush_now = False
+        self._queue = JobQueue(low_water=max_prefetched_jobs // 2, on_low_water=self._wake.set)
+        self._results = ResultBuffer(
+            connection=self._connection,
+            report=self._report,
+            on_done=self._queue.forget,
+            max_results=max_buffered_job_results,
+            max_age=max_age,
+        )
+        self._heartbeat = Heartbeat(
+            connection=self._connection,
+            report=self._report,
+            worker_id=lambda: None if self._lost.is_set() else self._id,
+            on_lost=self._on_lost,
+            min_delay=min_delay,
+            jitter=jitter,
+        )
 
-        self._fetch_thread = threading.Thread(target=self._fetch_loop, name=self._name, daemon=True)
+        # A crashed loop pauses before its restart until the event is set: the fetch loop
+        # stops when shutdown starts; the others must go on until they are done.
+        self._fetch_thread = self._thread(
+            self._name, "fetch loop", self._fetch_loop, self.shutdown_requested
+        )
         self._runners = [
-            threading.Thread(target=self._run_loop, name=f"{self._name}-run-{n}", daemon=True)
+            self._thread(f"{self._name}-run-{n}", "runner", self._run_loop, self._abandoned)
             for n in range(1, max_concurrent_jobs + 1)
         ]
-        self._flush_thread = threading.Thread(
-            target=self._flush_loop, name=f"{self._name}-flush", daemon=True
+        self._flush_thread = self._thread(
+            f"{self._name}-flush", "result flusher", self._results._flush_loop, self._abandoned
         )
-        self._heartbeat_thread = threading.Thread(
-            target=self._heartbeat_loop, name=f"{self._name}-heartbeat", daemon=True
+        self._heartbeat_thread = self._thread(
+            f"{self._name}-heartbeat",
+            "heartbeat",
+            self._heartbeat._heartbeat_loop,
+            self._heartbeat.stopped,
         )
+        self._own_threads = {self._fetch_thread, *self._runners, self._flush_thread}
         self._shutdown_thread: threading.Thread | None = None
         self._shutdown_lock = threading.Lock()
 
-    def start(self) -> None:
+    def _thread(
+        self, name: str, role: str, body: Callable[[], None], backoff: threading.Event
+    ) -> threading.Thread:
+        def run() -> None:
+            supervise(
+                f"{self._name} {role}",
+                body,
+                report=self._report,
+                backoff=backoff,
+                give_up=lambda exc: self._give_up(role, exc),
+            )
+
+        return threading.Thread(target=run, name=name, daemon=True)
+
+    def _start(self) -> None:
         """Start the worker's threads (called by Scheduler.start_worker)."""
         self._fetch_thread.start()
         for runner in self._runners:
@@ -163,6 +175,11 @@ class Worker:
         """The worker's name, also the prefix of its threads' names."""
         return self._name
 
+    @property
+    def stopped(self) -> bool:
+        """True once the worker has shut down (or given up) and unregistered."""
+        return self._stopped.is_set()
+
     def signal(self) -> None:
         """Wake the worker to look for jobs now. Safe from any thread; never blocks."""
         self._wake.set()
@@ -175,15 +192,18 @@ class Worker:
     def _register(self) -> bool:
         delay = 0.05
         while not self.shutdown_requested.is_set():
+            if not self._scheduler.ready:
+                # The scheduler's setup reports its own failures; wait so shutdown can interrupt.
+                self.shutdown_requested.wait(0.05)
+                continue
             try:
-                self._scheduler.wait_ready(timeout=min(5.0, self._poll_interval))
                 self._group = self._scheduler.job_group(self.group_name)
-                with self._scheduler.connection() as conn:
+                with self._connection() as conn:
                     worker_id = queries.register_worker(
                         conn, self.group_name, dt.timedelta(seconds=self._dead_after)
                     )
             except Exception as exc:
-                self._scheduler.handle_error(exc)
+                self._report(exc)
                 self.shutdown_requested.wait(delay)
                 delay = min(delay * 2, 5.0)
                 continue
@@ -194,13 +214,18 @@ class Worker:
             return True
         return False
 
+    def _on_lost(self, worker_id: int) -> None:
+        if worker_id == self._id:
+            self._lost.set()
+            self._wake.set()
+
     def _handle_lost(self) -> None:
         # The row was reaped while this process lived: the database has already released our
         # prefetched jobs, and other workers may be running them, so we must not start them.
-        with self._queue_cond:
-            dropped = len(self._queue)
-            self._forget_held(job.id for job in self._queue)
-            self._queue.clear()
+        # Results of jobs still running go out later under the old id, and come back stale.
+        dropped, idle = self._queue.drop()
+        if idle:
+            self._results.flush_soon()
         logger.warning(
             "pgxjob worker %s (id %s) was reaped while alive; dropped %d prefetched jobs, "
             "registering again",
@@ -221,8 +246,7 @@ class Worker:
                 break
             worker_id = self._id
             assert worker_id is not None
-            with self._queue_cond:
-                wanted = self._max_prefetched_jobs - len(self._queue)
+            wanted = self._queue.room(self._max_prefetched_jobs)
             if wanted <= 0:
                 # Full: the runners wake us when the queue falls to low water.
                 self._wake.clear()
@@ -231,30 +255,35 @@ class Worker:
             # Cleared before fetching, so a notification that arrives meanwhile is not lost.
             self._wake.clear()
             try:
-                with self._scheduler.connection() as conn:
-                    if self._fetch_failed:
-                        # The failed fetch may have claimed jobs whose rows never arrived.
-                        with self._held_lock:
-                            known = list(self._held)
-                        queries.release_unknown_jobs(conn, worker_id, known)
-                        self._fetch_failed = False
-                    rows = queries.fetch_jobs(conn, worker_id, wanted)
-                    # Queued at once: claimed jobs must not be stranded by a later error.
-                    if rows:
-                        self._enqueue([self._job(row) for row in rows])
-                    sleep = None if len(rows) == wanted else self._idle_delay(conn, worker_id)
+                sleep = self._fetch(worker_id, wanted)
             except WorkerNotRegisteredError:
                 self._lost.set()
                 continue
             except Exception as exc:
-                self._fetch_failed = True
-                self._scheduler.handle_error(exc)
+                self._report(exc)
                 self.shutdown_requested.wait(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.05
             if sleep is not None:
                 self._wake.wait(sleep)
+
+    def _fetch(self, worker_id: int, wanted: int) -> float | None:
+        """Claim up to ``wanted`` jobs and queue them; return how long to sleep (None: not)."""
+        with self._connection() as conn:
+            if self._fetch_failed:
+                # A failed fetch may have claimed jobs whose rows never arrived.
+                queries.release_unknown_jobs(conn, worker_id, self._queue.known_ids())
+            # Set until the claimed jobs are queued: whatever fails in between strands them.
+            self._fetch_failed = True
+            rows = queries.fetch_jobs(conn, worker_id, wanted)
+            if rows and not self._queue.put([self._job(row) for row in rows], worker_id):
+                # Shutdown closed the queue meanwhile: hand the jobs back at once.
+                queries.release_unknown_jobs(conn, worker_id, self._queue.known_ids())
+            self._fetch_failed = False
+            if len(rows) == wanted:
+                return None
+            return self._idle_delay(conn, worker_id)
 
     def _idle_delay(self, conn: psycopg.Connection[Any], worker_id: int) -> float:
         # Caught up: sleep until signalled, until the group's next timed job is due (on the
@@ -283,71 +312,100 @@ class Worker:
             shutdown_requested=self.shutdown_requested,
         )
 
-    def _forget_held(self, job_ids: Iterable[int]) -> None:
-        with self._held_lock:
-            for job_id in job_ids:
-                count = self._held[job_id] - 1
-                if count > 0:
-                    self._held[job_id] = count
-                else:
-                    self._held.pop(job_id, None)
-
-    def _enqueue(self, jobs: list[Job]) -> None:
-        with self._held_lock:
-            self._held.update(job.id for job in jobs)
-        with self._queue_cond:
-            self._queue.extend(jobs)
-            self._queue_cond.notify(len(jobs))
-
     # -- running --------------------------------------------------------------------------------
 
-    def _take(self) -> Job | None:
-        with self._queue_cond:
-            while not self._queue and not self._runners_stop:
-                self._queue_cond.wait()
-            if self._runners_stop:
-                return None
-            job = self._queue.popleft()
-            self._running += 1
-            if len(self._queue) == self._low_water:
-                self._wake.set()
-            return job
-
     def _run_loop(self) -> None:
+        # Inside a handler, pgxjob.ctx() is the scheduler whose worker runs the job.
+        context.current.set(self._scheduler)
         while True:
-            job = self._take()
-            if job is None:
+            item = self._queue.take()
+            if item is None:
                 return
-            started_at = dt.datetime.now(dt.UTC)
-            err: BaseException | None = None
+            job, worker_id = item
+            interrupted = False
             try:
-                job.type.run_job(job)
-            except BaseException as exc:  # a handler's error of any kind is the job's result
-                err = exc
-            finished_at = dt.datetime.now(dt.UTC)
-            self._add_result(job, started_at, finished_at, err)
+                interrupted = self._run(job, worker_id)
+            finally:
+                if self._queue.finished():
+                    self._results.flush_soon()
+            if interrupted:
+                self._begin_shutdown()
 
-    def _add_result(
+    def _run(self, job: Job, worker_id: int) -> bool:
+        """Run one job and buffer its result. True when the handler stopped the worker."""
+        started_at = dt.datetime.now(dt.UTC)
+        err: BaseException | None = None
+        try:
+            # Typed to return None, but an async handler hidden from the declaration check
+            # returns a coroutine: fail the job rather than count it a success.
+            run_job: Callable[[Job], object] = job.type.run_job
+            returned = run_job(job)
+            if inspect.isawaitable(returned):
+                if inspect.iscoroutine(returned):
+                    returned.close()
+                raise TypeError(
+                    f"the handler of job type {job.type.name!r} returned an awaitable, which "
+                    "pgxjob never awaits: handlers run on threads and must do their work before "
+                    "returning (e.g. asyncio.run(...))"
+                )
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # The process is being stopped, not the job failing: hand the job back untouched
+            # (no attempt counted) and shut the worker down.
+            logger.warning(
+                "pgxjob: %s raised %s in job %s (%s); the job is released and worker %s shuts down",
+                job.type.name,
+                type(exc).__name__,
+                job.id,
+                job.type.name,
+                self._name,
+            )
+            self._queue.forget([job.id])
+            return True
+        except BaseException as exc:  # a handler's error of any kind is the job's result
+            err = exc
+        finished_at = dt.datetime.now(dt.UTC)
+        if err is not None:
+            self._log_failure(job, err)
+        self._results.add(worker_id, self._result(job, started_at, finished_at, err))
+        return False
+
+    def _log_failure(self, job: Job, err: BaseException) -> None:
+        attempt = job.error_count + 1
+        if is_final_run(job, err):
+            logger.error(
+                "pgxjob: job %s (%s) failed for good on attempt %d",
+                job.id,
+                job.type.name,
+                attempt,
+                exc_info=err,
+            )
+        else:
+            logger.warning(
+                "pgxjob: job %s (%s) failed on attempt %d and will be retried",
+                job.id,
+                job.type.name,
+                attempt,
+                exc_info=err,
+            )
+
+    def _result(
         self, job: Job, started_at: dt.datetime, finished_at: dt.datetime, err: BaseException | None
-    ) -> None:
+    ) -> JobResult:
         log = True
         if self._should_log_job_run is not None:
             try:
                 log = bool(self._should_log_job_run(self, job, started_at, finished_at, err))
             except Exception as exc:
-                self._scheduler.handle_error(exc)
+                self._report(exc)
         retry_at = max_retries = base_delay = None
-        error = None
+        error = None if err is None else failure_text(err)
         if isinstance(err, ErrorWithRetry):
-            error = error_text(err.err)
             retry_at, max_retries, base_delay = (
                 err.retry_at,
                 err.backoff_max_retries,
                 err.backoff_base_delay,
             )
-        elif err is not None:
-            error = error_text(err)
-        result = JobResult(
+        return JobResult(
             job.id,
             job.error_count,
             started_at,
@@ -358,131 +416,128 @@ class Worker:
             base_delay,
             log,
         )
-        with self._queue_cond:
-            self._running -= 1
-            idle = self._running == 0 and not self._queue
-        with self._results_cond:
-            self._results.append(result)
-            count = len(self._results)
-            if count == 1:
-                self._oldest_result_at = time.monotonic()
-            if idle:
-                self._flush_now = True
-            if count == 1 or idle or count >= self._max_buffered_job_results:
-                self._results_cond.notify()
-
-    # -- recording results ---------------------------------------------------------------------
-
-    def _flush_loop(self) -> None:
-        delay = 0.05
-        while True:
-            with self._results_cond:
-                while True:
-                    count = len(self._results)
-                    if self._flush_all and count == 0:
-                        return
-                    if count and (
-                        count >= self._max_buffered_job_results
-                        or self._flush_all
-                        or self._flush_now
-                    ):
-                        break
-                    if count:
-                        age = time.monotonic() - self._oldest_result_at
-                        wait = self._max_buffered_job_result_age - age
-                        if wait <= 0:
-                            break
-                        self._results_cond.wait(wait)
-                    else:
-                        self._results_cond.wait()
-                batch = self._results[:_MAX_FLUSH_CHUNK]
-                del self._results[:_MAX_FLUSH_CHUNK]
-                self._oldest_result_at = time.monotonic()
-                self._flush_now = False
-            try:
-                with self._scheduler.connection() as conn:
-                    queries.record_job_results(conn, self._id or 0, batch)
-                self._forget_held(result.job_id for result in batch)
-                delay = 0.05
-            except Exception as exc:
-                # Never dropped: put the batch back in front and try again after a pause.
-                self._scheduler.handle_error(exc)
-                with self._results_cond:
-                    self._results[:0] = batch
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    # -- heartbeat ------------------------------------------------------------------------------
-
-    def _heartbeat_loop(self) -> None:
-        while not self._heartbeat_stop.wait(
-            self._min_heartbeat_delay + random.random() * self._heartbeat_delay_jitter
-        ):
-            worker_id = self._id
-            if worker_id is None or self._lost.is_set():
-                continue
-            try:
-                with self._scheduler.connection() as conn:
-                    alive = queries.worker_heartbeat(conn, worker_id)
-                    if alive:
-                        queries.reap_dead_workers(conn, worker_id)
-            except Exception as exc:
-                self._scheduler.handle_error(exc)
-                continue
-            if not alive and worker_id == self._id:
-                self._lost.set()
-                self._wake.set()
 
     # -- shutdown -------------------------------------------------------------------------------
 
     def shutdown(self, timeout: Seconds | None = None) -> bool:
         """Stop the worker and wait up to ``timeout`` seconds (None: for as long as it takes).
 
-        The worker stops fetching; running jobs finish (they see ``job.shutdown_requested``);
-        every result is recorded; then the worker unregisters, which releases the prefetched
-        jobs that never started. Returns True when all of that is done. On timeout it returns
-        False and the rest goes on in the background: the database stays consistent, and if
-        the process exits first, the worker is reaped and its jobs run elsewhere.
+        At once: no new job starts, the jobs prefetched but not started are handed back to the
+        database (one call), so other workers can take them, and fetching stops. Then running
+        jobs finish (they see ``job.shutdown_requested``), every result is recorded, and the
+        worker unregisters. Returns True when all of that is done. On timeout it returns False
+        and the rest goes on in the background; ``Scheduler.close`` and the interpreter-exit
+        hook unregister a worker whose deadline has passed, which releases its jobs.
+
+        Called from inside one of this worker's handlers, it starts the shutdown and returns
+        False at once (the handler's own job has yet to finish).
         """
-        with self._shutdown_lock:
-            if self._shutdown_thread is None:
-                self.shutdown_requested.set()
-                self._wake.set()
-                self._shutdown_thread = threading.Thread(
-                    target=self._shut_down, name=f"{self._name}-shutdown", daemon=True
-                )
-                self._shutdown_thread.start()
-        limit = None if timeout is None else seconds(timeout, "timeout", allow_zero=True)
+        limit = None if timeout is None else seconds(timeout, "timeout")
+        self._begin_shutdown()
+        if threading.current_thread() in self._own_threads:
+            return self._stopped.is_set()
         return self._stopped.wait(limit)
 
-    def _shut_down(self) -> None:
-        self._fetch_thread.join()
-        with self._queue_cond:
-            self._runners_stop = True
-            self._queue_cond.notify_all()
-        for runner in self._runners:
-            runner.join()
-        with self._results_cond:
-            self._flush_all = True
-            self._results_cond.notify()
-        self._flush_thread.join()
-        self._unregister()
-        self._heartbeat_stop.set()
-        self._scheduler._forget_worker(self)
-        self._stopped.set()
-        logger.info("pgxjob worker %s shut down", self._name)
+    def _begin_shutdown(self) -> None:
+        with self._shutdown_lock:
+            if self._shutdown_thread is not None:
+                return
+            self.shutdown_requested.set()
+            dropped = self._queue.close()
+            self._results.flush_eagerly()
+            self._wake.set()
+            self._shutdown_thread = threading.Thread(
+                target=self._shut_down, args=(dropped,), name=f"{self._name}-shutdown", daemon=True
+            )
+            self._shutdown_thread.start()
+
+    def _shut_down(self, dropped: int) -> None:
+        try:
+            if dropped:
+                self._release_unstarted(dropped)
+            self._fetch_thread.join()
+            for runner in self._runners:
+                runner.join()
+            self._results.close()
+            self._flush_thread.join()
+        except BaseException as exc:  # pragma: no cover - defensive: the worker must still stop
+            self._report(exc)
+        finally:
+            self._unregister()
+            self._heartbeat.stop()
+            self._scheduler._forget_worker(self)
+            self._stopped.set()
+            logger.info("pgxjob worker %s shut down", self._name)
+
+    def _release_unstarted(self, dropped: int) -> None:
+        worker_id = self._id
+        if worker_id is None:
+            return
+        # Every job this worker owns but has neither running nor awaiting its recorded result.
+        try:
+            with self._connection() as conn:
+                released = queries.release_unknown_jobs(conn, worker_id, self._queue.known_ids())
+        except Exception as exc:
+            # Unregistering at the end releases them too.
+            self._report(exc)
+            return
+        logger.info(
+            "pgxjob worker %s: shutdown released %d prefetched jobs that never started",
+            self._name,
+            released,
+        )
 
     def _unregister(self) -> None:
         delay = 0.05
-        while self._id is not None:
+        while self._id is not None and not self._abandoned.is_set():
             try:
-                with self._scheduler.connection() as conn:
+                with self._connection() as conn:
                     queries.unregister_worker(conn, self._id)
                 self._id = None
             except Exception as exc:
-                self._scheduler.handle_error(exc)
-                time.sleep(delay)
+                self._report(exc)
+                self._abandoned.wait(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _abandon(self) -> None:
+        """Give up waiting: unregister now, releasing every job still owned, running or not.
+
+        Used when a shutdown deadline has passed. Results not recorded yet are dropped (their
+        jobs run again elsewhere), and nothing is recorded from now on. No heartbeat follows,
+        so if the database cannot be reached the worker is reaped after its dead-after time.
+        """
+        self._begin_shutdown()
+        self._heartbeat.stop()
+        self._abandoned.set()
+        self._results.abandon()
+        worker_id = self._id
+        if worker_id is None:
+            return
+        try:
+            with self._connection() as conn:
+                queries.unregister_worker(conn, worker_id)
+            self._id = None
+            logger.warning(
+                "pgxjob worker %s did not finish in time: unregistered, releasing its jobs",
+                self._name,
+            )
+        except Exception as exc:
+            self._report(exc)
+
+    def _give_up(self, role: str, exc: BaseException) -> None:
+        # A loop that cannot go on: stop heartbeating at once (so that, whatever else fails,
+        # the worker is reaped and its jobs released) and shut down.
+        logger.critical(
+            "pgxjob worker %s: its %s cannot go on; the worker shuts down and unregisters",
+            self._name,
+            role,
+        )
+        self._heartbeat.stop()
+        if role == "result flusher":
+            # Nothing can be recorded any more: unregistering releases every job instead.
+            self._abandon()
+        else:
+            self._begin_shutdown()
 
     def __enter__(self) -> Worker:
         return self

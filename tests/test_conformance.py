@@ -163,9 +163,15 @@ def test_plain_failure_deletes_the_job_and_logs_the_error(url: str) -> None:
         worker = scheduler.start_worker(**FAST)
         wait_for(lambda: job_counts(url) == (0, 0, 1), what="the failed run")
         assert worker.shutdown(10)
-        assert query(url, "select job_id, run_number, error from pgxjob_job_runs") == [
-            (job_id, 1, "RuntimeError: card declined")
-        ]
+        [(logged_id, run_number, error)] = query(
+            url, "select job_id, run_number, error from pgxjob_job_runs"
+        )
+        assert (logged_id, run_number) == (job_id, 1)
+        # The summary line, then the traceback down to the handler's raise.
+        summary, _, trace = error.partition("\n\n")
+        assert summary == "RuntimeError: card declined"
+        assert trace.startswith("Traceback (most recent call last):")
+        assert 'raise RuntimeError("card declined")' in trace
     finally:
         scheduler.close()
 
@@ -197,12 +203,14 @@ def test_error_with_retry_moves_the_job_to_the_timed_table_keeping_its_id(url: s
         worker = scheduler.start_worker(**FAST)
         wait_for(lambda: job_counts(url) == (0, 1, 1), what="the retry")
         assert worker.shutdown(10)
-        assert query(
+        [(moved_id, error_count, last_error, next_run_at, worker_id)] = query(
             url,
             "select id, error_count, last_error, next_run_at, worker_id from pgxjob_run_at_jobs",
-        ) == [(job_id, 1, "ConnectionError: smtp down", retry_at, None)]
+        )
+        assert (moved_id, error_count, next_run_at, worker_id) == (job_id, 1, retry_at, None)
+        assert last_error.startswith("ConnectionError: smtp down\n\nTraceback")
         assert query(url, "select job_id, run_number, error from pgxjob_job_runs") == [
-            (job_id, 1, "ConnectionError: smtp down")
+            (job_id, 1, last_error)
         ]
     finally:
         scheduler.close()

@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 import threading
 from collections.abc import Iterator
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import psycopg
 import pydantic
@@ -86,7 +86,6 @@ def test_unmarshal_params_decodes_typed_dicts_dicts_and_pydantic_models() -> Non
     [
         ('{"order_id": "x", "items": []}', "params.order_id must be int"),
         ('{"items": []}', "order_id"),
-        ('{"order_id": 1, "items": [], "extra": 1}', "unknown keys"),
         ("[1, 2]", "must be a JSON object"),
         (None, "must be a JSON object"),
     ],
@@ -100,6 +99,27 @@ def test_unmarshal_params_fails_the_job_when_params_do_not_fit(
 
     with pytest.raises(ParamsError, match=message):
         handle(make_job(params))
+
+
+def test_unmarshal_params_ignores_unknown_keys_unless_strict() -> None:
+    seen: list[Order] = []
+
+    @pgxjob.unmarshal_params
+    def handle(job: pgxjob.Job, params: Order) -> None:
+        seen.append(params)
+
+    # A producer that adds fields (at any depth) must not break its consumers.
+    handle(make_job('{"order_id": 1, "items": [{"sku": "a", "quantity": 2, "new": 1}], "x": 1}'))
+    assert seen == [Order(1, [Item("a", 2)])]
+
+    @pgxjob.unmarshal_params(strict=True)
+    def strict(job: pgxjob.Job, params: Order) -> None:
+        raise AssertionError("must not be called")
+
+    with pytest.raises(ParamsError, match=r"unknown keys \['extra'\]"):
+        strict(make_job('{"order_id": 1, "items": [], "extra": 1}'))
+    with pytest.raises(ParamsError, match=r"params.items\[0\] has unknown keys"):
+        strict(make_job('{"order_id": 1, "items": [{"sku": "a", "quantity": 2, "new": 1}]}'))
 
 
 def test_unmarshal_params_rejects_a_pydantic_mismatch() -> None:
@@ -200,8 +220,7 @@ def test_ctx_returns_the_context_scheduler_then_the_default() -> None:
     first = pgxjob.Scheduler("dbname=unused")
     second = pgxjob.Scheduler("dbname=unused")
     try:
-        with pytest.raises(LookupError, match="no pgxjob scheduler"):
-            pgxjob.ctx()
+        assert pgxjob.ctx() is None  # none set: nothing, as in the seed, not an error
         pgxjob.default_context_scheduler = first
         assert pgxjob.ctx() is first
         with second.with_context():
@@ -267,3 +286,154 @@ def test_schedule_in_a_rolled_back_transaction_leaves_no_job(url: str) -> None:
             ).fetchone() == (0,)
     finally:
         scheduler.close()
+
+
+def test_ctx_inside_a_handler_is_the_scheduler_running_it(url: str) -> None:
+    seen: list[pgxjob.Scheduler | None] = []
+    done = threading.Event()
+
+    def handler(job: pgxjob.Job) -> None:
+        seen.append(pgxjob.ctx())
+        done.set()
+
+    scheduler = pgxjob.Scheduler(url, job_types=[pgxjob.JobTypeConfig("ctx_probe", handler)])
+    try:
+        worker = scheduler.start_worker(poll_interval=0.05)
+        scheduler.schedule(None, "ctx_probe")
+        assert done.wait(10)
+        assert seen == [scheduler]
+        assert worker.shutdown(10)
+    finally:
+        scheduler.close()
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "message"),
+    [
+        (-1, ValueError, "must not be negative"),
+        (dt.timedelta(seconds=-1), ValueError, "must not be negative"),
+        (float("nan"), ValueError, "finite"),
+        (float("inf"), ValueError, "finite"),
+        (True, ValueError, "got True"),
+        (dt.timedelta(days=36526), ValueError, "at most 100 years"),
+        ("5", TypeError, "int or float"),
+    ],
+)
+def test_every_duration_of_the_api_rejects_bad_values_the_same_way(
+    value: object, error: type[Exception], message: str
+) -> None:
+    scheduler = pgxjob.Scheduler("dbname=unused", handle_error=lambda exc: None)
+    try:
+        checks = [
+            lambda: pgxjob.RetryLinearBackoffErrorFilter(3, value),  # type: ignore[arg-type]
+            lambda: pgxjob.ErrorWithRetry("x", value),  # type: ignore[arg-type]
+            lambda: pgxjob.ErrorWithRetry(
+                "x",
+                backoff_max_retries=1,
+                backoff_base_delay=value,  # type: ignore[arg-type]
+            ),
+            lambda: scheduler.start_worker(poll_interval=value),  # type: ignore[arg-type]
+            lambda: scheduler.start_worker(max_buffered_job_result_age=value),  # type: ignore[arg-type]
+            lambda: scheduler.wait_ready(value),  # type: ignore[arg-type]
+            lambda: scheduler.close(value),  # type: ignore[arg-type]
+        ]
+        for check in checks:
+            with pytest.raises(error, match=message):
+                check()
+    finally:
+        scheduler.close()
+
+
+def test_durations_take_seconds_as_well_as_timedeltas() -> None:
+    backoff = pgxjob.RetryLinearBackoffErrorFilter(max_retries=3, base_delay=0.5)
+    assert backoff.base_delay == dt.timedelta(seconds=0.5)
+    assert pgxjob.RetryLinearBackoffErrorFilter(3, 2).base_delay == dt.timedelta(seconds=2)
+
+    def fail(job: pgxjob.Job) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(pgxjob.ErrorWithRetry) as retry:
+        pgxjob.filter_error(fail, backoff)(make_job(None, 0))
+    assert retry.value.backoff_base_delay == dt.timedelta(seconds=0.5)
+
+    before = dt.datetime.now(dt.UTC)
+    delayed = pgxjob.ErrorWithRetry(OSError("busy"), dt.timedelta(seconds=5))
+    after = dt.datetime.now(dt.UTC)
+    assert delayed.retry_at is not None
+    assert before + dt.timedelta(seconds=5) <= delayed.retry_at <= after + dt.timedelta(seconds=5)
+    in_seconds = pgxjob.ErrorWithRetry(OSError("busy"), 5)
+    assert in_seconds.retry_at is not None and in_seconds.retry_at.tzinfo is not None
+
+
+@pytest.mark.parametrize("max_retries", [-1, 2**31, 1.5, True, "3"])
+def test_max_retries_out_of_postgresql_range_is_rejected_when_constructed(
+    max_retries: object,
+) -> None:
+    with pytest.raises((ValueError, TypeError), match="max_retries"):
+        pgxjob.RetryLinearBackoffErrorFilter(max_retries, 1)  # type: ignore[arg-type]
+    with pytest.raises((ValueError, TypeError), match="max_retries"):
+        pgxjob.ErrorWithRetry(
+            "x",
+            backoff_max_retries=max_retries,  # type: ignore[arg-type]
+            backoff_base_delay=1,
+        )
+    assert pgxjob.RetryLinearBackoffErrorFilter(2**31 - 1, 0).max_retries == 2**31 - 1
+
+
+def test_filter_error_accepts_a_plain_function_and_checks_the_filter_when_wrapping() -> None:
+    def fail(job: pgxjob.Job) -> None:
+        raise KeyError("email")
+
+    def retry_key_errors(job: pgxjob.Job, err: BaseException) -> BaseException:
+        if isinstance(err, KeyError):
+            return pgxjob.ErrorWithRetry(err, dt.timedelta(minutes=1))
+        return err
+
+    with pytest.raises(pgxjob.ErrorWithRetry) as retry:
+        pgxjob.filter_error(fail, retry_key_errors)(make_job(None))
+    assert isinstance(retry.value.err, KeyError)
+
+    with pytest.raises(TypeError, match="filter_error"):
+        pgxjob.filter_error(fail, "not a filter")  # type: ignore[arg-type]
+
+    def broken(job: pgxjob.Job, err: BaseException) -> BaseException:
+        return "retry please"  # type: ignore[return-value]
+
+    with pytest.raises(TypeError, match="must return an exception"):
+        pgxjob.filter_error(fail, broken)(make_job(None))
+
+
+def test_a_coroutine_function_is_refused_when_its_job_type_is_declared() -> None:
+    async def send(job: pgxjob.Job) -> None:
+        pass
+
+    class AsyncHandler:
+        async def __call__(self, job: pgxjob.Job) -> None:
+            pass
+
+    for handler in (send, AsyncHandler()):
+        with pytest.raises(TypeError, match=r"coroutine function.*asyncio\.run"):
+            pgxjob.JobTypeConfig("async_send", handler)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="coroutine function"):
+            pgxjob.job_type("async_send")(handler)  # type: ignore[arg-type]
+
+
+def test_error_classes_are_exported_from_the_package() -> None:
+    from pgxjob import errors
+
+    for name in errors.__all__:
+        assert getattr(pgxjob, name) is getattr(errors, name)
+        assert name in pgxjob.__all__
+    assert pgxjob.ParamsError is ParamsError
+
+
+def test_log_final_job_runs_decides_as_the_database_does_for_backoff_retries() -> None:
+    backoff = pgxjob.ErrorWithRetry("x", backoff_max_retries=2, backoff_base_delay=1)
+    worker: Any = None
+    for error_count, final in ((0, False), (1, False), (2, True), (3, True)):
+        job = make_job(None, error_count)
+        assert pgxjob.log_final_job_runs(worker, job, NOW, NOW, backoff) is final
+    explicit = pgxjob.ErrorWithRetry("x", NOW)
+    assert pgxjob.log_final_job_runs(worker, make_job(None, 99), NOW, NOW, explicit) is False
+    assert pgxjob.log_final_job_runs(worker, make_job(None), NOW, NOW, None) is True
+    assert pgxjob.log_final_job_runs(worker, make_job(None), NOW, NOW, OSError()) is True
