@@ -199,21 +199,9 @@ def test_log_final_job_runs_logs_the_final_failure_of_a_backoff_retry(url: str) 
     assert error.startswith("OSError: disk full")
 
 
-def fenced(url: str) -> bool:
-    return bool(
-        scalar(
-            url,
-            "select count(*) > 0 from pg_proc where proname = 'pgxjob_record_job_results'"
-            " and 'p_worker_id' = any (proargnames)",
-        )
-    )
-
-
 def test_a_result_from_before_the_worker_was_reaped_is_stale_and_logged_once(
     url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    if not fenced(url):
-        pytest.skip("this schema's pgxjob_record_job_results does not fence results yet")
     release = threading.Event()
     runs: list[int] = []
 
