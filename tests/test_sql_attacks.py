@@ -580,6 +580,30 @@ def setup_schedule(_: psycopg.Connection[Any]) -> list[Statement]:
     return [
         (sql_text, (JOB_TYPE, '{"a": 1}', None, None)),
         (sql_text, (JOB_TYPE, None, GROUP, NOW + dt.timedelta(days=1))),
+        # A priority and a unique key, twice: the second finds the key held.
+        (keyed, (JOB_TYPE, "{}", None, None, 3, "atk-key")),
+        (keyed, (JOB_TYPE, "{}", None, None, 3, "atk-key")),
+    ]
+
+
+keyed = "select pgxjob_schedule(%s::text, %s::json, %s::text, %s::timestamptz, %s::int, %s::text)"
+
+
+def setup_cancel_job(conn: psycopg.Connection[Any]) -> list[Statement]:
+    """A waiting job (removed at once) and a running one (a request to its worker)."""
+    worker = add_worker(conn, NOW)
+    waiting = add_asap_job(conn)
+    running = add_timed_job(conn, NOW, worker)
+    sql_text = "select pgxjob_cancel_job(%s::bigint, %s::timestamptz)"
+    return [(sql_text, (waiting, NOW)), (sql_text, (running, NOW)), (sql_text, (-1, NOW))]
+
+
+def setup_cancel_requests(conn: psycopg.Connection[Any]) -> list[Statement]:
+    worker = add_worker(conn, NOW)
+    job = add_asap_job(conn, worker)
+    return [
+        ("select pgxjob_cancel_job(%s::bigint)", (job,)),
+        ("select * from pgxjob_cancel_requests(%s::int)", (worker,)),
     ]
 
 
@@ -751,6 +775,8 @@ CALLS: dict[str, Setup] = {
     "pgxjob_grant_worker": setup_grant_worker,
     "pgxjob_schedule": setup_schedule,
     "pgxjob_schedule_many": setup_schedule_many,
+    "pgxjob_cancel_job": setup_cancel_job,
+    "pgxjob_cancel_requests": setup_cancel_requests,
     "pgxjob_register_group": setup_register_group,
     "pgxjob_register_job_type": setup_register_job_type,
     "pgxjob_register_worker": setup_register_worker,
