@@ -525,6 +525,38 @@ class Scheduler:
         worker.start()
         return worker
 
+    def run(
+        self,
+        *,
+        groups: Iterable[str] = ("default",),
+        shutdown_timeout: Seconds | None = None,
+        stop: threading.Event | None = None,
+        **worker_options: Any,
+    ) -> bool:
+        """Run a worker for each group until SIGINT or SIGTERM, then shut down; block until then.
+
+        What ``pgxjob worker`` does, for programs that embed pgxjob. It must be called from the
+        main thread (Python runs signal handlers there; elsewhere it raises RuntimeError), and
+        restores the previous handlers when it returns. ``worker_options`` are those of
+        :meth:`start_worker`. Setting ``stop`` acts as the first signal.
+
+        On the first signal every worker shuts down as :meth:`Worker.shutdown` describes, all
+        within one ``shutdown_timeout`` (None: no limit). A second signal, or the timeout
+        running out, unregisters the workers that have not finished, which releases every
+        job they still own (unstarted, running or not yet recorded) to other workers. Then the
+        scheduler is closed. Returns True when every worker finished in time.
+        """
+        from pgxjob import runner
+
+        limit = (
+            None
+            if shutdown_timeout is None
+            else seconds(shutdown_timeout, "shutdown_timeout", allow_zero=True)
+        )
+        return runner.run(
+            self, groups=groups, shutdown_timeout=limit, stop=stop, worker_options=worker_options
+        )
+
     def _forget_worker(self, worker: Worker) -> None:
         with self._lock:
             if worker in self._workers:

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import inspect
 import logging
 import os
-import signal
 import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
-from types import FrameType
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-
-from pgxjob import embedded, migrations, queries
+from pgxjob import migrations
 from pgxjob.cli.common import (
     EXIT_OK,
     EXIT_RUNTIME,
@@ -33,7 +27,6 @@ from pgxjob.errors import NotReadyError, PgxjobError
 
 if TYPE_CHECKING:
     from pgxjob.scheduler import Scheduler
-    from pgxjob.worker import Worker
 
 # The worker's own messages keep the logger name users filter on.
 logger = logging.getLogger("pgxjob.cli")
@@ -109,27 +102,6 @@ def _describe_object(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
-class _Signals:
-    """First SIGINT/SIGTERM: graceful shutdown. Second: stop at once."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.force = threading.Event()
-        self.name = ""
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if self.stop.is_set():
-            self.force.set()
-            return
-        self.name = name
-        self.stop.set()
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
     groups: list[str] = list(dict.fromkeys(args.groups or ["default"]))
     progress_line = ProgressLine(sys.stderr) if args.progress else None
@@ -152,11 +124,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
             raise CommandError(f"{exc} (database {db.describe()})") from exc
 
     scheduler = load_app(args.app, db.conninfo)
-    signals = _Signals()
-    signals.install()
-    workers: list[Worker] = []
     progress: Progress | None = None
-    closed = False
+    watcher: threading.Thread | None = None
+    stop = threading.Event()
+    ran = False
     clean = False
     try:
         try:
@@ -166,49 +137,50 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if args.progress or args.until_empty:
             progress = Progress(db, groups, progress_line)
             progress.start()
-        for group in groups:
-            try:
-                worker = scheduler.start_worker(
-                    group_name=group,
-                    max_concurrent_jobs=args.concurrency,
-                    max_prefetched_jobs=args.prefetch,
-                    poll_interval=args.poll_interval,
-                    max_buffered_job_results=args.max_buffered_results,
-                    max_buffered_job_result_age=args.max_buffered_result_age,
-                    should_log_job_run=_log_final_runs() if args.log_final_runs_only else None,
-                    min_heartbeat_delay=args.heartbeat,
-                    heartbeat_delay_jitter=args.heartbeat_jitter,
-                    worker_dead_without_heartbeat=args.dead_after,
-                    listen=args.listen,
-                )
-            except ValueError as exc:
-                raise UsageError(str(exc)) from exc
-            workers.append(worker)
-        for worker in workers:
-            while not worker.startup_complete.wait(0.2):
-                if signals.stop.is_set():
-                    break
-            if worker.startup_complete.is_set():
-                logger.info(
-                    "worker %s serving group %r (concurrency %d, %s) on %s",
-                    worker.id,
-                    worker.group_name,
-                    args.concurrency,
-                    "LISTEN" if args.listen else "poll only",
-                    db.describe(),
-                )
+            watcher = threading.Thread(
+                target=_watch_progress,
+                args=(args, stop, progress),
+                name="pgxjob-cli-progress",
+                daemon=True,
+            )
+        logger.info(
+            "serving %s on %s (concurrency %d, %s)",
+            ", ".join(groups),
+            db.describe(),
+            args.concurrency,
+            "LISTEN" if args.listen else "poll only",
+        )
         if not logger.isEnabledFor(logging.INFO):
             note(args, f"serving {', '.join(groups)} on {db.describe()}")
-        _run_until_stopped(args, signals, progress)
-        if signals.name:
-            logger.info("%s received: shutting down (send it again to stop at once)", signals.name)
-        clean = _shutdown(args, db, scheduler, workers, signals)
-        closed = True
+        if watcher is not None:
+            watcher.start()
+        ran = True
+        try:
+            clean = scheduler.run(
+                groups=groups,
+                shutdown_timeout=args.shutdown_timeout,
+                stop=stop,
+                max_concurrent_jobs=args.concurrency,
+                max_prefetched_jobs=args.prefetch,
+                poll_interval=args.poll_interval,
+                max_buffered_job_results=args.max_buffered_results,
+                max_buffered_job_result_age=args.max_buffered_result_age,
+                should_log_job_run=_log_final_runs() if args.log_final_runs_only else None,
+                min_heartbeat_delay=args.heartbeat,
+                heartbeat_delay_jitter=args.heartbeat_jitter,
+                worker_dead_without_heartbeat=args.dead_after,
+                listen=args.listen,
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
     finally:
-        if not closed:
+        stop.set()
+        if not ran:
             scheduler.close(timeout=5.0)
+        if watcher is not None and watcher.is_alive():
+            watcher.join(5.0)
         if progress is not None:
-            if args.progress and workers:
+            if args.progress and ran:
                 progress.remaining_jobs()
                 progress.update(final=True)
                 progress.summary(sys.stdout)
@@ -225,13 +197,10 @@ def _log_final_runs() -> Any:
     return log_final_job_runs
 
 
-def _run_until_stopped(
-    args: argparse.Namespace, signals: _Signals, progress: Progress | None
-) -> None:
+def _watch_progress(args: argparse.Namespace, stop: threading.Event, progress: Progress) -> None:
+    """Update the progress line; with --until-empty, stop the workers once no job is left."""
     empty_checks = 0
-    while not signals.stop.wait(0.5 if progress is not None else 3600):
-        if progress is None:
-            continue
+    while not stop.wait(0.5):
         remaining = progress.remaining_jobs()
         progress.update()
         if args.until_empty and remaining == 0:
@@ -240,50 +209,10 @@ def _run_until_stopped(
             # guard against jobs another process schedules at that moment.
             empty_checks += 1
             if empty_checks >= 2:
+                stop.set()
                 return
         else:
             empty_checks = 0
-
-
-def _shutdown(
-    args: argparse.Namespace,
-    db: embedded.Database,
-    scheduler: Scheduler,
-    workers: Sequence[Worker],
-    signals: _Signals,
-) -> bool:
-    # shutdown() returns at once when given a timeout, so all workers stop in parallel; short
-    # waits keep the main thread responsive to a second signal.
-    deadline = None if args.shutdown_timeout is None else time.monotonic() + args.shutdown_timeout
-    pending = list(workers)
-    for worker in pending:
-        worker.shutdown(0)
-    while pending:
-        if signals.force.is_set():
-            _force_exit(db, pending)
-        pending = [w for w in pending if not w.shutdown(0.1)]
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-    clean = not pending and scheduler.close(timeout=5.0)
-    return clean
-
-
-def _force_exit(db: embedded.Database, workers: Sequence[Worker]) -> NoReturn:
-    logger.warning(
-        "second signal: stopping now; the %d unfinished worker(s) are unregistered so their "
-        "jobs run again elsewhere",
-        len(workers),
-    )
-    with (
-        contextlib.suppress(Exception),
-        psycopg.connect(db.conninfo, autocommit=True, connect_timeout=3) as conn,
-    ):
-        for worker in workers:
-            if worker.id is not None:
-                queries.unregister_worker(conn, worker.id)
-    sys.stderr.flush()
-    sys.stdout.flush()
-    os._exit(EXIT_RUNTIME)
 
 
 def _configure_logging(level: int, progress: ProgressLine | None, *, quiet: bool) -> None:
@@ -295,4 +224,5 @@ def _configure_logging(level: int, progress: ProgressLine | None, *, quiet: bool
     root.handlers[:] = [handler]
     root.setLevel(level)
     # The command line's own messages (startup, shutdown) stay visible above the progress line.
-    logger.setLevel(level if quiet else min(level, logging.INFO))
+    for name in ("pgxjob.cli", "pgxjob.runner"):
+        logging.getLogger(name).setLevel(level if quiet else min(level, logging.INFO))
