@@ -131,6 +131,11 @@ class Scheduler:
     or an AcquireConn callable. The constructor does no I/O: groups and job types are registered
     in the background, retrying while the database is unreachable and reporting each failure to
     ``handle_error`` (default: the ``pgxjob`` logger).
+
+    ``schema`` is the schema pgxjob was migrated into: every call reaches the functions of that
+    schema, whatever the search_path of the connection it runs on. ``register=False`` makes a
+    scheduler that only schedules: it registers nothing and checks nothing at startup, so it
+    needs only the privileges ``pgxjob_grant_application`` gives, and it cannot start workers.
     """
 
     def __init__(
@@ -141,7 +146,13 @@ class Scheduler:
         job_types: Iterable[JobTypeConfig] = (),
         handle_error: HandleError | None = None,
         setup_timeout: Seconds = 30.0,
+        schema: str = "public",
+        register: bool = True,
     ) -> None:
+        if not isinstance(schema, str) or not schema:
+            raise ValueError(f"schema must be a non-empty string, got {schema!r}")
+        self._schema = schema
+        self._register = register
         self._conninfo: str | None = None
         self._own_pool: ConnectionPool[Any] | None = None
         # The pool whose way of connecting (conninfo, kwargs, connection class) the scheduler's
@@ -200,8 +211,16 @@ class Scheduler:
         self._types: dict[str, JobType] = {}
         self._workers: list[Worker] = []
         self._listener: Listener | None = None
+        if not register and self._type_configs:
+            raise ValueError(
+                "a Scheduler with register=False only schedules; give job_types to the "
+                "Scheduler of the process that runs the workers"
+            )
         _live_schedulers.add(self)
-        self._start_setup()
+        if register:
+            self._start_setup()
+        else:
+            self._ready.set()
 
     def _start_setup(self) -> None:
         self._setup_thread = threading.Thread(target=self._setup, name="pgxjob-setup", daemon=True)
@@ -243,7 +262,7 @@ class Scheduler:
                 if not self._pool_opened:
                     self._own_pool.open(wait=False)
                     self._pool_opened = True
-        with self._borrow() as conn:
+        with self._borrow() as conn, queries.in_schema(conn, self._schema):
             restore = not conn.autocommit
             if restore:
                 conn.autocommit = True
@@ -303,6 +322,7 @@ class Scheduler:
                 kwargs[key] = value
         kwargs["autocommit"] = True
         conn = cls.connect(conninfo, **kwargs)
+        queries.set_schema(conn, self._schema)
         self._opened.add(conn)
         return conn
 
@@ -314,6 +334,11 @@ class Scheduler:
             password = info.password
             dsn = info.dsn
         return make_conninfo(dsn, password=password) if password else dsn
+
+    @property
+    def schema(self) -> str:
+        """The schema whose pgxjob functions this scheduler calls."""
+        return self._schema
 
     @property
     def conninfo(self) -> str | None:
@@ -345,7 +370,7 @@ class Scheduler:
         while not self._closed.is_set():
             try:
                 with self._setup_connection() as conn:
-                    migrations.check_version(conn)
+                    migrations.check_version(conn, self._schema)
                     groups = {
                         name: JobGroup(queries.register_group(conn, name), name)
                         for name in self._group_names
@@ -364,8 +389,9 @@ class Scheduler:
             except Exception as exc:
                 self._last_setup_error = exc
                 if isinstance(exc, SchemaVersionError):
-                    # Often a race with migrate() in the same program: say it once, and
-                    # quietly; migrate() wakes this loop.
+                    # Often a race with migrate() in the same program: say it once, at debug
+                    # level; migrate() wakes this loop. If it lasts, wait_ready() raises
+                    # NotReadyError naming it.
                     if not not_migrated_reported:
                         not_migrated_reported = True
                         self._report_not_migrated(exc)
@@ -380,7 +406,7 @@ class Scheduler:
 
     def _report_not_migrated(self, exc: SchemaVersionError) -> None:
         if self.handle_error is _log_error:
-            logger.info("pgxjob: %s; setup waits for it", exc)
+            logger.debug("pgxjob: %s; setup waits for it", exc)
         else:
             self.handle_error(exc)
 
@@ -405,10 +431,13 @@ class Scheduler:
         """True once groups and job types are registered."""
         return self._ready.is_set()
 
-    def migrate(self, *, schema: str = "public") -> list[int]:
-        """Apply pgxjob's migrations to the database; return the versions applied now."""
+    def migrate(self, *, schema: str | None = None) -> list[int]:
+        """Apply pgxjob's migrations to the database; return the versions applied now.
+
+        Into the scheduler's schema unless ``schema`` names another.
+        """
         with self.connection() as conn:
-            applied = migrations.migrate(conn, schema=schema)
+            applied = migrations.migrate(conn, schema=schema or self._schema)
         self._setup_wake.set()
         return applied
 
@@ -442,7 +471,9 @@ class Scheduler:
         if conn is None:
             with self.connection() as own:
                 return queries.schedule(own, job_type, params_json, group_name, run_at)
-        return queries.schedule(conn, job_type, params_json, group_name, run_at)
+        # The caller's connection: its search_path may not reach the scheduler's schema.
+        with queries.in_schema(conn, self._schema):
+            return queries.schedule(conn, job_type, params_json, group_name, run_at)
 
     def schedule_now(
         self, conn: psycopg.Connection[Any] | None, job_type: str, params: Any = None
@@ -466,7 +497,8 @@ class Scheduler:
         if conn is None:
             with self.connection() as own:
                 return queries.schedule_many(own, job_type, encoded, group_name, run_at)
-        return queries.schedule_many(conn, job_type, encoded, group_name, run_at)
+        with queries.in_schema(conn, self._schema):
+            return queries.schedule_many(conn, job_type, encoded, group_name, run_at)
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -495,6 +527,11 @@ class Scheduler:
 
         if self._closed.is_set():
             raise RuntimeError("this scheduler is closed; create a new one to start workers")
+        if not self._register:
+            raise RuntimeError(
+                "this Scheduler was made with register=False and only schedules; start workers "
+                "from a Scheduler with job_types (and the worker grants)"
+            )
         if group_name not in self._group_names:
             raise ValueError(
                 f"group {group_name!r} is not one of this scheduler's job_groups "

@@ -18,6 +18,7 @@ from pgxjob.cli.common import (
     migrated,
     note,
     resolve,
+    schema_of,
 )
 from pgxjob.cli.output import (
     age,
@@ -36,8 +37,9 @@ from pgxjob.errors import PgxjobError
 def cmd_migrate(args: argparse.Namespace) -> int:
     db = resolve(args)
     latest = migrations.latest_version()
-    with connect(db) as conn:
-        current = migrations.current_version(conn)
+    schema = schema_of(args)
+    with connect(db, schema) as conn:
+        current = migrations.current_version(conn, schema)
         if args.check:
             if current == latest:
                 print(f"pgxjob schema is up to date (version {latest}) in {db.describe()}")
@@ -47,7 +49,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 f" (database {db.describe()}); run `pgxjob migrate`"
             )
         try:
-            applied = migrations.migrate(conn)
+            applied = migrations.migrate(conn, schema=schema)
         except PgxjobError as exc:
             raise CommandError(f"{exc} (database {db.describe()})") from exc
     if applied:
@@ -68,7 +70,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     db = resolve(args)
-    with migrated(db) as conn:
+    with migrated(db, schema_of(args)) as conn:
         try:
             job_id = queries.schedule_relative(
                 conn, args.job_type, params, args.group, run_at, run_in
@@ -89,7 +91,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     db = resolve(args)
-    with migrated(db) as conn:
+    with migrated(db, schema_of(args)) as conn:
         doc = queries.status(conn, args.failures)
     if args.json:
         doc = {"database": embedded.redact(db.conninfo), "database_source": db.source, **doc}
@@ -174,7 +176,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     db = resolve(args)
-    with migrated(db) as conn:
+    with migrated(db, schema_of(args)) as conn:
         try:
             runs = queries.recent_job_runs(
                 conn,
@@ -217,7 +219,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     db = resolve(args)
-    with migrated(db) as conn:
+    with migrated(db, schema_of(args)) as conn:
         try:
             deleted = queries.prune_job_runs(conn, args.older_than)
         except PgxjobError as exc:

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from pgxjob import embedded, migrations
+from pgxjob import embedded, migrations, queries
 from pgxjob.errors import PgxjobError
 
 EXIT_OK = 0
@@ -38,7 +38,7 @@ def resolve(args: argparse.Namespace) -> embedded.Database:
 
 
 @contextlib.contextmanager
-def connect(db: embedded.Database) -> Iterator[psycopg.Connection[Any]]:
+def connect(db: embedded.Database, schema: str) -> Iterator[psycopg.Connection[Any]]:
     try:
         options = conninfo_to_dict(db.conninfo)
     except psycopg.ProgrammingError as exc:
@@ -58,15 +58,17 @@ def connect(db: embedded.Database) -> Iterator[psycopg.Connection[Any]]:
             f"cannot connect to the database {db.describe()}: {first_line(exc)}; check "
             "--database-url or DATABASE_URL and that the server is running"
         ) from exc
+    # Every pgxjob function is called in the schema of --schema, whatever the search_path.
+    queries.set_schema(conn, schema)
     with conn:
         yield conn
 
 
 @contextlib.contextmanager
-def migrated(db: embedded.Database) -> Iterator[psycopg.Connection[Any]]:
-    with connect(db) as conn:
+def migrated(db: embedded.Database, schema: str) -> Iterator[psycopg.Connection[Any]]:
+    with connect(db, schema) as conn:
         try:
-            migrations.check_version(conn)
+            migrations.check_version(conn, schema)
         except PgxjobError as exc:
             raise CommandError(f"{exc} (database {db.describe()})") from exc
         yield conn
@@ -75,6 +77,11 @@ def migrated(db: embedded.Database) -> Iterator[psycopg.Connection[Any]]:
 def note(args: argparse.Namespace, message: str) -> None:
     if not args.quiet:
         print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def schema_of(args: argparse.Namespace) -> str:
+    """The schema of --schema; public when it is not given."""
+    return str(args.schema or "public")
 
 
 def first_line(exc: BaseException) -> str:

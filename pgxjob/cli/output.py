@@ -71,8 +71,15 @@ class ProgressAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
 class Progress:
     """Reads progress from the database, so it counts the runs of every process on the groups."""
 
-    def __init__(self, db: embedded.Database, groups: Sequence[str], line: ProgressLine | None):
+    def __init__(
+        self,
+        db: embedded.Database,
+        schema: str,
+        groups: Sequence[str],
+        line: ProgressLine | None,
+    ):
         self.db = db
+        self.schema = schema
         self.groups = set(groups)
         self.line = line
         self.conn: psycopg.Connection[Any] | None = None
@@ -88,6 +95,7 @@ class Progress:
             self.conn = psycopg.connect(
                 self.db.conninfo, autocommit=True, connect_timeout=5, application_name="pgxjob-cli"
             )
+            queries.set_schema(self.conn, self.schema)
         return self.conn
 
     def start(self) -> None:

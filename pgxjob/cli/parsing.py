@@ -177,6 +177,13 @@ def _common_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "PostgreSQL in .pgxjob/pg)",
     )
     parser.add_argument(
+        "--schema",
+        metavar="SCHEMA",
+        default=default,
+        help="the schema pgxjob is migrated into (default: public; for worker, the schema of "
+        "APP's Scheduler)",
+    )
+    parser.add_argument(
         "-v",
         "--verbose",
         action="store_true",

@@ -12,13 +12,16 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pgxjob import migrations
+import psycopg
+
+from pgxjob import embedded, migrations, queries
 from pgxjob.cli.common import (
     EXIT_OK,
     EXIT_RUNTIME,
     CommandError,
     UsageError,
     connect,
+    first_line,
     note,
     resolve,
 )
@@ -110,20 +113,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _configure_logging(getattr(logging, level_name.upper()), progress_line, quiet=args.quiet)
 
     db = resolve(args)
-    with connect(db) as conn:
+    scheduler = load_app(args.app, db.conninfo)
+    schema = args.schema or scheduler.schema
+    if schema != scheduler.schema:
+        raise UsageError(
+            f"--schema {schema} but APP's Scheduler works in schema {scheduler.schema!r}; "
+            "give it the same schema (Scheduler(..., schema=...)) or drop --schema"
+        )
+    with connect(db, schema) as conn:
+        _check_same_database(args, db, conn, scheduler)
         if args.migrate:
             try:
-                applied = migrations.migrate(conn)
+                applied = migrations.migrate(conn, schema=schema)
             except PgxjobError as exc:
                 raise CommandError(f"{exc} (database {db.describe()})") from exc
             if applied:
                 logger.info("applied pgxjob migrations %s", applied)
         try:
-            migrations.check_version(conn)
+            migrations.check_version(conn, schema)
         except PgxjobError as exc:
             raise CommandError(f"{exc} (database {db.describe()})") from exc
 
-    scheduler = load_app(args.app, db.conninfo)
     progress: Progress | None = None
     watcher: threading.Thread | None = None
     stop = threading.Event()
@@ -135,7 +145,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         except NotReadyError as exc:
             raise CommandError(str(exc)) from exc
         if args.progress or args.until_empty:
-            progress = Progress(db, groups, progress_line)
+            progress = Progress(db, schema, groups, progress_line)
             progress.start()
             watcher = threading.Thread(
                 target=_watch_progress,
@@ -189,6 +199,34 @@ def cmd_worker(args: argparse.Namespace) -> int:
         logger.warning("shutdown did not finish in time: unfinished jobs run again elsewhere")
         return EXIT_RUNTIME
     return EXIT_OK
+
+
+def _check_same_database(
+    args: argparse.Namespace,
+    db: embedded.Database,
+    conn: psycopg.Connection[Any],
+    scheduler: Scheduler,
+) -> None:
+    """Refuse an APP whose Scheduler works in another database than the command's.
+
+    The command cannot move an application's pool to another database, so the flag cannot
+    win: say so rather than serve one database while reporting another.
+    """
+    ours = queries.database_identity(conn)
+    try:
+        with scheduler.direct_connection(connect_timeout=10) as app_conn:
+            theirs = queries.database_identity(app_conn)
+            where = f"{app_conn.info.dbname} on {app_conn.info.host}:{app_conn.info.port}"
+    except psycopg.Error as exc:
+        raise CommandError(
+            f"APP {args.app!r}: its Scheduler cannot connect to its database: {first_line(exc)}"
+        ) from exc
+    if ours != theirs:
+        raise UsageError(
+            f"APP {args.app!r} works in database {where}, not in {db.describe()} (from "
+            f"{db.source}); build its Scheduler from DATABASE_URL, which this command sets, "
+            "or from a factory that takes the conninfo, or give the matching --database-url"
+        )
 
 
 def _log_final_runs() -> Any:
