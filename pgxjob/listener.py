@@ -75,23 +75,17 @@ class Listener:
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[psycopg.Connection[Any]]:
-        conninfo = self._scheduler.conninfo
-        if conninfo is None:
-            # Only an acquire_conn callable: hold one of its connections for as long as we listen.
-            with self._scheduler.connection() as conn:
-                yield conn
-        else:
-            # Keepalives: a connection that dies silently (host crash, NAT timeout) must raise.
-            with psycopg.connect(
-                conninfo,
-                autocommit=True,
-                connect_timeout=5,
-                keepalives=1,
-                keepalives_idle=30,
-                keepalives_interval=10,
-                keepalives_count=3,
-            ) as conn:
-                yield conn
+        # A connection of its own, made as the scheduler's pool makes them, so that the listener
+        # is in the same database and never holds a connection the workers need. Keepalives: a
+        # connection that dies silently (host crash, NAT timeout) must raise.
+        with self._scheduler.direct_connection(
+            connect_timeout=5,
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+        ) as conn:
+            yield conn
 
     def _run(self) -> None:
         delay = 0.05
@@ -108,7 +102,7 @@ class Listener:
                             self._signal(notification.payload)
                         if time.monotonic() - idle_since > _PING_INTERVAL:
                             # A round trip proves the connection is alive where keepalives
-                            # are not available (an acquire_conn connection).
+                            # cannot tell (a pooler between us and the server).
                             queries.ping(conn)
                             idle_since = time.monotonic()
             except Exception as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -60,19 +62,57 @@ def translated_errors() -> Iterator[None]:
         raise mapped from exc
 
 
+# The schema whose pgxjob functions each connection calls; a connection without one calls
+# them by their bare names, through its search_path.
+_schemas: weakref.WeakKeyDictionary[psycopg.Connection[Any], str] = weakref.WeakKeyDictionary()
+
+
+def set_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Make every call below on conn reach the pgxjob functions of schema."""
+    _schemas[conn] = schema
+
+
+@contextmanager
+def in_schema(conn: psycopg.Connection[Any], schema: str) -> Iterator[None]:
+    """Within the block, calls on conn reach the pgxjob functions of schema."""
+    previous = _schemas.get(conn)
+    _schemas[conn] = schema
+    try:
+        yield
+    finally:
+        if previous is None:
+            _schemas.pop(conn, None)
+        else:
+            _schemas[conn] = previous
+
+
+@functools.lru_cache(maxsize=512)
+def _qualified(schema: str | None, query: str) -> sql.Composed:
+    # In query, {} stands before the pgxjob function's name: the schema and a dot, or nothing.
+    if schema is None:
+        return sql.SQL(query).format(sql.SQL(""))
+    return sql.SQL(query).format(sql.Composed([sql.Identifier(schema), sql.SQL(".")]))
+
+
+def _sql(conn: psycopg.Connection[Any], query: str) -> sql.Composed:
+    return _qualified(_schemas.get(conn), query)
+
+
 def _scalar(conn: psycopg.Connection[Any], query: str, params: Sequence[Any]) -> Any:
     with translated_errors():
-        row = conn.execute(query, params).fetchone()
+        row = conn.execute(_sql(conn, query), params).fetchone()
     assert row is not None
     return row[0]
 
 
 def register_group(conn: psycopg.Connection[Any], name: str) -> int:
-    return int(_scalar(conn, "select pgxjob_register_group(%s)", (name,)))
+    return int(_scalar(conn, "select {}pgxjob_register_group(%s)", (name,)))
 
 
 def register_job_type(conn: psycopg.Connection[Any], name: str, default_group_name: str) -> int:
-    return int(_scalar(conn, "select pgxjob_register_job_type(%s, %s)", (name, default_group_name)))
+    return int(
+        _scalar(conn, "select {}pgxjob_register_job_type(%s, %s)", (name, default_group_name))
+    )
 
 
 def schedule(
@@ -85,7 +125,7 @@ def schedule(
     return int(
         _scalar(
             conn,
-            "select pgxjob_schedule(%s, %s::json, %s, %s::timestamptz)",
+            "select {}pgxjob_schedule(%s, %s::json, %s, %s::timestamptz)",
             (job_type, params_json, group_name, run_at),
         )
     )
@@ -100,7 +140,7 @@ def schedule_many(
 ) -> list[int]:
     with translated_errors():
         rows = conn.execute(
-            "select pgxjob_schedule_many(%s, %b::json[], %s, %s::timestamptz)",
+            _sql(conn, "select {}pgxjob_schedule_many(%s, %b::json[], %s, %s::timestamptz)"),
             (job_type, list(params_json), group_name, run_at),
         ).fetchall()
     return [int(row[0]) for row in rows]
@@ -109,27 +149,32 @@ def schedule_many(
 def register_worker(
     conn: psycopg.Connection[Any], group_name: str, dead_after: dt.timedelta
 ) -> int:
-    return int(_scalar(conn, "select pgxjob_register_worker(%s, %s)", (group_name, dead_after)))
+    return int(_scalar(conn, "select {}pgxjob_register_worker(%s, %s)", (group_name, dead_after)))
 
 
 def worker_heartbeat(conn: psycopg.Connection[Any], worker_id: int) -> bool:
-    return bool(_scalar(conn, "select pgxjob_worker_heartbeat(%s)", (worker_id,)))
+    return bool(_scalar(conn, "select {}pgxjob_worker_heartbeat(%s)", (worker_id,)))
 
 
 def reap_dead_workers(conn: psycopg.Connection[Any], reaper_id: int) -> int:
     """Reap workers that stopped heartbeating, in a transaction of its own."""
-    return int(_scalar(conn, "select pgxjob_reap_dead_workers(p_reaper_id => %s)", (reaper_id,)))
+    return int(
+        _scalar(conn, "select {}pgxjob_reap_dead_workers(p_reaper_id => %s::int)", (reaper_id,))
+    )
 
 
 def unregister_worker(conn: psycopg.Connection[Any], worker_id: int) -> bool:
-    return bool(_scalar(conn, "select pgxjob_unregister_worker(%s)", (worker_id,)))
+    return bool(_scalar(conn, "select {}pgxjob_unregister_worker(%s)", (worker_id,)))
 
 
 def fetch_jobs(conn: psycopg.Connection[Any], worker_id: int, limit: int) -> list[FetchedJob]:
     with translated_errors():
         rows = conn.execute(
-            "select id, group_id, type_id, type_name, params::text, inserted_at, run_at,"
-            " error_count, last_error, asap from pgxjob_fetch_jobs(%s, %s)",
+            _sql(
+                conn,
+                "select id, group_id, type_id, type_name, params::text, inserted_at, run_at,"
+                " error_count, last_error, asap from {}pgxjob_fetch_jobs(%s, %s)",
+            ),
             (worker_id, limit),
         ).fetchall()
     return [FetchedJob(*row) for row in rows]
@@ -137,12 +182,12 @@ def fetch_jobs(conn: psycopg.Connection[Any], worker_id: int, limit: int) -> lis
 
 def release_unknown_jobs(conn: psycopg.Connection[Any], worker_id: int, known: list[int]) -> int:
     return int(
-        _scalar(conn, "select pgxjob_release_unknown_jobs(%s, %b::bigint[])", (worker_id, known))
+        _scalar(conn, "select {}pgxjob_release_unknown_jobs(%s, %b::bigint[])", (worker_id, known))
     )
 
 
 def next_run_in(conn: psycopg.Connection[Any], worker_id: int) -> dt.timedelta | None:
-    value = _scalar(conn, "select pgxjob_next_run_in(%s)", (worker_id,))
+    value = _scalar(conn, "select {}pgxjob_next_run_in(%s)", (worker_id,))
     assert value is None or isinstance(value, dt.timedelta)
     return value
 
@@ -165,11 +210,14 @@ def record_job_results(
             column.append(value)
     with translated_errors():
         row = conn.execute(
-            # Binary parameters (%b): psycopg dumps arrays in binary several times faster than
-            # as quoted text, which matters on the hot path of every worker.
-            "select changed, stale_job_ids from pgxjob_record_job_results(%s::int,"
-            " %b::bigint[], %b::int[], %b::timestamptz[], %b::timestamptz[], %b::text[],"
-            " %b::timestamptz[], %b::int[], %b::interval[], %b::boolean[])",
+            _sql(
+                conn,
+                # Binary parameters (%b): psycopg dumps arrays in binary several times faster
+                # than as quoted text, which matters on the hot path of every worker.
+                "select changed, stale_job_ids from {}pgxjob_record_job_results(%s::int,"
+                " %b::bigint[], %b::int[], %b::timestamptz[], %b::timestamptz[], %b::text[],"
+                " %b::timestamptz[], %b::int[], %b::interval[], %b::boolean[])",
+            ),
             [worker_id, *columns],
         ).fetchone()
     assert row is not None
@@ -177,7 +225,7 @@ def record_job_results(
 
 
 def prune_job_runs(conn: psycopg.Connection[Any], older_than: dt.timedelta) -> int:
-    return int(_scalar(conn, "select pgxjob_prune_job_runs(%s)", (older_than,)))
+    return int(_scalar(conn, "select {}pgxjob_prune_job_runs(%s)", (older_than,)))
 
 
 def ping(conn: psycopg.Connection[Any]) -> None:
@@ -252,16 +300,25 @@ def schedule_relative(
     return int(
         _scalar(
             conn,
-            "select pgxjob_schedule(%s, %s::json, %s,"
+            "select {}pgxjob_schedule(%s, %s::json, %s,"
             " coalesce(%s::timestamptz, now() + %s::interval))",
             (job_type, params_json, group_name, run_at, run_in),
         )
     )
 
 
+def database_identity(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    """What tells two connections' databases apart: name, server port and server start time."""
+    row = conn.execute(
+        "select current_database(), current_setting('port'), pg_postmaster_start_time()"
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
 def status(conn: psycopg.Connection[Any], recent_failures: int) -> dict[str, Any]:
     """The json document of pgxjob_status, decoded."""
-    value = _scalar(conn, "select pgxjob_status(%s)", (recent_failures,))
+    value = _scalar(conn, "select {}pgxjob_status(%s)", (recent_failures,))
     assert isinstance(value, dict)
     return value
 
@@ -269,8 +326,11 @@ def status(conn: psycopg.Connection[Any], recent_failures: int) -> dict[str, Any
 def job_counts(conn: psycopg.Connection[Any]) -> list[JobCount]:
     with translated_errors():
         rows = conn.execute(
-            "select group_name, job_type, due, scheduled, retrying, locked, oldest_due_at"
-            " from pgxjob_job_counts()"
+            _sql(
+                conn,
+                "select group_name, job_type, due, scheduled, retrying, locked, oldest_due_at"
+                " from {}pgxjob_job_counts()",
+            )
         ).fetchall()
     return [JobCount(*row) for row in rows]
 
@@ -286,10 +346,13 @@ def recent_job_runs(
 ) -> list[JobRun]:
     with translated_errors():
         rows = conn.execute(
-            "select job_id, run_number, group_name, job_type, inserted_at, run_at, started_at,"
-            " finished_at, params::text, error, outcome, output::text"
-            " from pgxjob_recent_job_runs(max_rows => %s, failed_only => %s,"
-            " of_type => %s, in_group => %s, of_job => %s::bigint)",
+            _sql(
+                conn,
+                "select job_id, run_number, group_name, job_type, inserted_at, run_at,"
+                " started_at, finished_at, params::text, error, outcome, output::text"
+                " from {}pgxjob_recent_job_runs(max_rows => %s::int, failed_only => %s,"
+                " of_type => %s::text, in_group => %s::text, of_job => %s::bigint)",
+            ),
             (max_rows, failed_only, job_type, group_name, job_id),
         ).fetchall()
     return [JobRun(*row) for row in rows]
@@ -298,8 +361,11 @@ def recent_job_runs(
 def job_run_stats(conn: psycopg.Connection[Any], since: dt.datetime) -> list[JobRunStats]:
     with translated_errors():
         rows = conn.execute(
-            "select group_name, job_type, runs, succeeded, retried, failed, avg_duration,"
-            " p95_duration, avg_wait from pgxjob_job_run_stats(%s)",
+            _sql(
+                conn,
+                "select group_name, job_type, runs, succeeded, retried, failed, avg_duration,"
+                " p95_duration, avg_wait from {}pgxjob_job_run_stats(%s)",
+            ),
             (since,),
         ).fetchall()
     return [JobRunStats(*row) for row in rows]

@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import threading
 import time
 import weakref
@@ -16,12 +17,13 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from pgxjob import context, migrations, queries
 from pgxjob.context import ctx
 from pgxjob.durations import Seconds, seconds
-from pgxjob.errors import NotReadyError
+from pgxjob.errors import NotReadyError, SchemaVersionError
 from pgxjob.jobs import JobGroup, JobType, JobTypeConfig
 from pgxjob.listener import Listener
 from pgxjob.supervise import ErrorReporter, safe_reporter
@@ -115,6 +117,11 @@ class Scheduler:
     or an AcquireConn callable. The constructor does no I/O: groups and job types are registered
     in the background, retrying while the database is unreachable and reporting each failure to
     ``handle_error`` (default: the ``pgxjob`` logger).
+
+    ``schema`` is the schema pgxjob was migrated into: every call reaches the functions of that
+    schema, whatever the search_path of the connection it runs on. ``register=False`` makes a
+    scheduler that only schedules: it registers nothing and checks nothing at startup, so it
+    needs only the privileges ``pgxjob_grant_application`` gives, and it cannot start workers.
     """
 
     def __init__(
@@ -125,20 +132,23 @@ class Scheduler:
         job_types: Iterable[JobTypeConfig] = (),
         handle_error: HandleError | None = None,
         setup_timeout: Seconds = 30.0,
+        schema: str = "public",
+        register: bool = True,
     ) -> None:
+        if not isinstance(schema, str) or not schema:
+            raise ValueError(f"schema must be a non-empty string, got {schema!r}")
+        self._schema = schema
+        self._register = register
         self._conninfo: str | None = None
         self._own_pool: ConnectionPool[Any] | None = None
+        # The pool whose way of connecting (conninfo, kwargs, connection class) the scheduler's
+        # connections outside any pool copy: the listener's, setup's, the release at a deadline.
+        self._pool: ConnectionPool[Any] | None = None
+        # Every connection the scheduler opened itself, so that a forked child can let go of them.
+        self._opened: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
         if isinstance(conninfo_or_pool, str):
             self._conninfo = conninfo_or_pool
-            self._own_pool = ConnectionPool(
-                conninfo_or_pool,
-                min_size=1,
-                max_size=4,
-                open=False,
-                timeout=5.0,
-                kwargs={"autocommit": True},
-                name="pgxjob-pool",
-            )
+            self._own_pool = self._pool = self._new_pool()
             self._acquire: AcquireConn = acquire_conn_from_pool(self._own_pool)
         elif isinstance(conninfo_or_pool, ConnectionPool):
             self._conninfo = (
@@ -146,6 +156,7 @@ class Scheduler:
                 if isinstance(conninfo_or_pool.conninfo, str)
                 else None
             )
+            self._pool = conninfo_or_pool
             self._acquire = acquire_conn_from_pool(conninfo_or_pool)
         elif callable(conninfo_or_pool):
             self._acquire = conninfo_or_pool
@@ -182,18 +193,56 @@ class Scheduler:
         self._ready = threading.Event()
         self._closed = threading.Event()
         self._last_setup_error: BaseException | None = None
+        self._setup_wake = threading.Event()
         self._pool_opened = False
         self._groups: dict[str, JobGroup] = {}
         self._types: dict[str, JobType] = {}
         self._workers: list[Worker] = []
         self._listener: Listener | None = None
         self._pool_closed = False
-        self._setup_thread = threading.Thread(target=self._setup, name="pgxjob-setup", daemon=True)
-        self._setup_thread.start()
+        if not register and self._type_configs:
+            raise ValueError(
+                "a Scheduler with register=False only schedules; give job_types to the "
+                "Scheduler of the process that runs the workers"
+            )
         with _live_lock:
             _live_schedulers.add(self)
+        if register:
+            self._start_setup()
+        else:
+            self._ready.set()
+
+    def _start_setup(self) -> None:
+        self._setup_thread = threading.Thread(target=self._setup, name="pgxjob-setup", daemon=True)
+        self._setup_thread.start()
 
     # -- connections ------------------------------------------------------------------------
+
+    def _new_pool(self) -> ConnectionPool[Any]:
+        assert self._conninfo is not None
+        return ConnectionPool(
+            self._conninfo,
+            min_size=1,
+            max_size=4,
+            open=False,
+            timeout=5.0,
+            kwargs={"autocommit": True},
+            # A round trip before each loan: after a server restart, the stale connections are
+            # replaced instead of failing one call each.
+            check=self._check_pooled,
+            configure=self._opened.add,
+            name="pgxjob-pool",
+        )
+
+    def _check_pooled(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            ConnectionPool.check_connection(conn)
+        except Exception:
+            # One broken connection usually means they all are (the server restarted): replace
+            # the idle ones now, rather than one per step of the pool's retry backoff.
+            if self._own_pool is not None:
+                self._own_pool.check()
+            raise
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -203,7 +252,7 @@ class Scheduler:
                 if not self._pool_opened:
                     self._own_pool.open(wait=False)
                     self._pool_opened = True
-        with self._acquire() as conn:
+        with self._borrow() as conn, queries.in_schema(conn, self._schema):
             restore = not conn.autocommit
             if restore:
                 conn.autocommit = True
@@ -213,6 +262,73 @@ class Scheduler:
                 if restore and not conn.closed:
                     with contextlib.suppress(psycopg.Error):
                         conn.autocommit = False
+
+    @contextlib.contextmanager
+    def _borrow(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            lent = self._acquire()
+            conn = lent.__enter__()
+        except psycopg.OperationalError as exc:
+            # A pool that cannot connect says only that it timed out: name the real cause.
+            raise self._connection_error(exc) from exc
+        try:
+            yield conn
+        except BaseException as exc:
+            if not lent.__exit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            lent.__exit__(None, None, None)
+
+    def _connection_error(self, exc: psycopg.OperationalError) -> psycopg.OperationalError:
+        if type(exc).__name__ != "PoolTimeout" or self._pool is None:
+            return exc
+        try:
+            self.direct_connection(connect_timeout=5).close()
+        except psycopg.OperationalError as cause:
+            return cause
+        except Exception:
+            return exc
+        return exc
+
+    def direct_connection(self, **options: Any) -> psycopg.Connection[Any]:
+        """Open a new autocommit connection, outside any pool, to the scheduler's database.
+
+        It is made as the scheduler's pool makes its connections (its conninfo, keyword
+        arguments and connection class), or, with an acquire_conn callable, with the parameters
+        of a connection borrowed once from it. ``options`` are libpq parameters used where
+        neither sets them (for example ``connect_timeout``). The caller closes it.
+        """
+        cls: type[psycopg.Connection[Any]] = psycopg.Connection
+        if self._pool is not None:
+            pool = self._pool
+            conninfo = pool.conninfo() if callable(pool.conninfo) else (pool.conninfo or "")
+            kwargs = dict(pool.kwargs() if callable(pool.kwargs) else (pool.kwargs or {}))
+            cls = pool.connection_class
+        else:
+            conninfo, kwargs = self._borrowed_conninfo(), {}
+        given = set(conninfo_to_dict(conninfo)) | set(kwargs)
+        for key, value in options.items():
+            if key not in given:
+                kwargs[key] = value
+        kwargs["autocommit"] = True
+        conn = cls.connect(conninfo, **kwargs)
+        queries.set_schema(conn, self._schema)
+        self._opened.add(conn)
+        return conn
+
+    def _borrowed_conninfo(self) -> str:
+        # An acquire_conn callable says nothing of how it connects: ask one of its connections
+        # (libpq's dsn leaves the password out; the connection still knows it).
+        with self._borrow() as conn:
+            info = conn.info
+            password = info.password
+            dsn = info.dsn
+        return make_conninfo(dsn, password=password) if password else dsn
+
+    @property
+    def schema(self) -> str:
+        """The schema whose pgxjob functions this scheduler calls."""
+        return self._schema
 
     @property
     def conninfo(self) -> str | None:
@@ -227,12 +343,24 @@ class Scheduler:
 
     # -- setup ----------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _setup_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._pool is None:
+            with self.connection() as conn:
+                yield conn
+            return
+        # Not from the pool: a pool that cannot connect reports a timeout, and setup must
+        # report why (connection refused, bad password, no such database).
+        with self.direct_connection(connect_timeout=5) as conn:
+            yield conn
+
     def _setup(self) -> None:
         delay = 0.05
+        not_migrated_reported = False
         while not self._closed.is_set():
             try:
-                with self.connection() as conn:
-                    migrations.check_version(conn)
+                with self._setup_connection() as conn:
+                    migrations.check_version(conn, self._schema)
                     groups = {
                         name: JobGroup(queries.register_group(conn, name), name)
                         for name in self._group_names
@@ -250,29 +378,58 @@ class Scheduler:
                 return
             except Exception as exc:
                 self._last_setup_error = exc
-                self._report_error(exc)
-                self._closed.wait(delay)
-                delay = min(delay * 2, 5.0)
+                if isinstance(exc, SchemaVersionError):
+                    # Often a race with migrate() in the same program: say it once, at debug
+                    # level; migrate() wakes this loop. If it lasts, wait_ready() raises
+                    # NotReadyError naming it.
+                    if not not_migrated_reported:
+                        not_migrated_reported = True
+                        self._report_not_migrated(exc)
+                else:
+                    not_migrated_reported = False
+                    self._report_error(exc)
+                if self._setup_wake.wait(delay):
+                    self._setup_wake.clear()
+                    delay = 0.05
+                else:
+                    delay = min(delay * 2, 5.0)
+
+    def _report_not_migrated(self, exc: SchemaVersionError) -> None:
+        if self.handle_error is _log_error:
+            logger.debug("pgxjob: %s; setup waits for it", exc)
+        else:
+            self._report_error(exc)
 
     def wait_ready(self, timeout: Seconds | None = None) -> None:
-        """Wait until groups and job types are registered; raise NotReadyError after timeout."""
+        """Wait until groups and job types are registered; raise NotReadyError after timeout.
+
+        The error names the last reason setup failed (connection refused, not migrated, ...)
+        and is chained from it.
+        """
         limit = self._setup_timeout if timeout is None else seconds(timeout, "timeout")
         if not self._ready.wait(limit):
+            cause = self._last_setup_error
+            reason = "no attempt finished yet" if cause is None else _describe(cause)
             raise NotReadyError(
                 f"pgxjob scheduler setup did not finish within {limit:g}s "
-                f"(last error: {self._last_setup_error!r}); check that the database is "
+                f"(last error: {reason}); check that the database is "
                 "reachable and migrated (`pgxjob migrate`)"
-            )
+            ) from cause
 
     @property
     def ready(self) -> bool:
         """True once groups and job types are registered."""
         return self._ready.is_set()
 
-    def migrate(self, *, schema: str = "public") -> list[int]:
-        """Apply pgxjob's migrations to the database; return the versions applied now."""
+    def migrate(self, *, schema: str | None = None) -> list[int]:
+        """Apply pgxjob's migrations to the database; return the versions applied now.
+
+        Into the scheduler's schema unless ``schema`` names another.
+        """
         with self.connection() as conn:
-            return migrations.migrate(conn, schema=schema)
+            applied = migrations.migrate(conn, schema=schema or self._schema)
+        self._setup_wake.set()
+        return applied
 
     def job_group(self, name: str) -> JobGroup:
         """The registered group called name."""
@@ -304,7 +461,9 @@ class Scheduler:
         if conn is None:
             with self.connection() as own:
                 return queries.schedule(own, job_type, params_json, group_name, run_at)
-        return queries.schedule(conn, job_type, params_json, group_name, run_at)
+        # The caller's connection: its search_path may not reach the scheduler's schema.
+        with queries.in_schema(conn, self._schema):
+            return queries.schedule(conn, job_type, params_json, group_name, run_at)
 
     def schedule_now(
         self, conn: psycopg.Connection[Any] | None, job_type: str, params: Any = None
@@ -328,7 +487,8 @@ class Scheduler:
         if conn is None:
             with self.connection() as own:
                 return queries.schedule_many(own, job_type, encoded, group_name, run_at)
-        return queries.schedule_many(conn, job_type, encoded, group_name, run_at)
+        with queries.in_schema(conn, self._schema):
+            return queries.schedule_many(conn, job_type, encoded, group_name, run_at)
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -354,6 +514,11 @@ class Scheduler:
         """
         if self._closed.is_set():
             raise RuntimeError("this scheduler is closed; create a new one to start workers")
+        if not self._register:
+            raise RuntimeError(
+                "this Scheduler was made with register=False and only schedules; start workers "
+                "from a Scheduler with job_types (and the worker grants)"
+            )
         if group_name not in self._group_names:
             raise ValueError(
                 f"group {group_name!r} is not one of this scheduler's job_groups "
@@ -379,10 +544,42 @@ class Scheduler:
             if listen and self._listener is not None:
                 self._listener.add(worker)
         # The fetch loop, the result flusher and the heartbeat may each hold a connection. (The
-        # listener opens its own from the conninfo.)
+        # listener opens its own, outside the pool.)
         self._reserve_connections(3)
         worker._start()
         return worker
+
+    def run(
+        self,
+        *,
+        groups: Iterable[str] = ("default",),
+        shutdown_timeout: Seconds | None = None,
+        stop: threading.Event | None = None,
+        **worker_options: Any,
+    ) -> bool:
+        """Run a worker for each group until SIGINT or SIGTERM, then shut down; block until then.
+
+        What ``pgxjob worker`` does, for programs that embed pgxjob. It must be called from the
+        main thread (Python runs signal handlers there; elsewhere it raises RuntimeError), and
+        restores the previous handlers when it returns. ``worker_options`` are those of
+        :meth:`start_worker`. Setting ``stop`` acts as the first signal.
+
+        On the first signal every worker shuts down as :meth:`Worker.shutdown` describes, all
+        within one ``shutdown_timeout`` (None: no limit). A second signal, or the timeout
+        running out, unregisters the workers that have not finished, which releases every
+        job they still own (unstarted, running or not yet recorded) to other workers. Then the
+        scheduler is closed. Returns True when every worker finished in time.
+        """
+        from pgxjob import runner
+
+        limit = (
+            None
+            if shutdown_timeout is None
+            else seconds(shutdown_timeout, "shutdown_timeout", allow_zero=True)
+        )
+        return runner.run(
+            self, groups=groups, shutdown_timeout=limit, stop=stop, worker_options=worker_options
+        )
 
     def _forget_worker(self, worker: Worker) -> None:
         with self._lock:
@@ -451,6 +648,35 @@ class Scheduler:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- fork -----------------------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        # Only the thread that forked lives on in the child: the parent's workers, listener,
+        # setup and pool threads are gone, and every open connection shares its socket with the
+        # parent. Let go of all of it; the child opens its own connections when it needs them,
+        # and starts its own workers.
+        inherited = list(self._opened)
+        for conn in inherited:
+            _detach(conn)
+        _abandoned.append((self._own_pool, inherited, self._workers, self._listener))
+        for worker in self._workers:
+            _disown(worker)
+        self._lock = threading.Lock()
+        self._workers = []
+        self._listener = None
+        self._opened = weakref.WeakSet()
+        ready = self._ready.is_set()
+        self._ready = threading.Event()
+        self._setup_wake = threading.Event()
+        if ready:
+            self._ready.set()
+        if self._own_pool is not None:
+            self._own_pool = self._pool = self._new_pool()
+            self._acquire = acquire_conn_from_pool(self._own_pool)
+            self._pool_opened = False
+        if not ready and not self._closed.is_set():
+            self._start_setup()
+
     # -- context --------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -483,3 +709,52 @@ def _close_at_exit() -> None:
             scheduler.close(timeout=EXIT_TIMEOUT)
         except Exception:
             logger.exception("pgxjob: closing a scheduler at exit failed")
+
+
+def _describe(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+# -- fork ---------------------------------------------------------------------------------------
+
+# What forked children inherited from their parent: kept referenced so that it is never closed
+# or collected in the child, where closing would end the parent's sessions.
+_abandoned: list[object] = []
+
+
+def _detach(conn: psycopg.Connection[Any]) -> None:
+    """Make an inherited connection's socket harmless in this process, leaving the parent's intact.
+
+    Closing it (libpq sends Terminate) would end the session the parent still uses; pointing
+    the descriptor at /dev/null makes any later close or write a no-op for the server.
+    """
+    try:
+        fd = conn.pgconn.socket
+    except Exception:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def _disown(worker: Worker) -> None:
+    # The parent's worker as seen from a forked child: its threads do not exist here, and its
+    # row belongs to the parent, so shutting it down in the child must not unregister it.
+    worker.shutdown_requested.set()
+    worker._id = None
+    worker._stopped.set()
+
+
+def _after_fork_in_child() -> None:
+    global _live_lock
+    # Another thread of the parent may have held it at the fork; it is never released here.
+    _live_lock = threading.Lock()
+    for scheduler in list(_live_schedulers):
+        scheduler._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -243,6 +243,31 @@ def test_second_signal_stops_at_once_and_releases_the_jobs(
     assert query(clean_db, "select count(*) from pgxjob_asap_jobs where worker_id is null") == 2
 
 
+def test_shutdown_timeout_expiry_releases_every_job_and_unregisters(
+    clean_db: str, start_worker: Callable[..., subprocess.Popen[str]]
+) -> None:
+    schedule(clean_db, "cli_w_slow", 52, "30")
+    proc = start_worker(
+        "cliapp:scheduler", "--concurrency", "2", "--prefetch", "50", "--shutdown-timeout", "1"
+    )
+    # Two jobs run (and hang for 30 s), the other fifty wait in the worker's prefetch.
+    wait_for(
+        lambda: (
+            query(clean_db, "select count(*) from pgxjob_asap_jobs where worker_id is not null")
+            == 52
+        )
+    )
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=20)
+    assert time.monotonic() - started < 10
+    assert proc.returncode == 1, stderr
+    assert "did not finish" in stderr
+    # Nothing stays owned by the exited process: another worker may take every job at once.
+    assert query(clean_db, "select count(*) from pgxjob_workers") == 0
+    assert query(clean_db, "select count(*) from pgxjob_asap_jobs where worker_id is null") == 52
+
+
 def test_no_listen_polls_for_new_jobs(
     clean_db: str, start_worker: Callable[..., subprocess.Popen[str]]
 ) -> None:

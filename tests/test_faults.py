@@ -256,11 +256,13 @@ def test_result_flush_failing_while_the_database_restarts_is_retried_and_loses_n
             job_ids = schedule_via_sql(url, count)
             wait_for(lambda: len(successful_runs(url)) >= 50, 10, "some results to be flushed")
 
-            # The "restart": every connection is dropped and the server is unreachable for 1.5 s
-            # while the handlers go on finishing prefetched jobs.
+            # The "restart": every connection is dropped and the server is unreachable for 6.5 s
+            # while the handlers go on finishing prefetched jobs. Longer than the scheduler's
+            # pool timeout (5 s): a shorter outage only makes the flush wait for a checked
+            # connection, and no flush would fail.
             assert proxy.outage() > 0
             ran_before = len(recorder.snapshot())
-            time.sleep(1.5)
+            time.sleep(6.5)
             ran_during = len(recorder.snapshot()) - ran_before
             recorded_during = len(successful_runs(url))
             proxy.resume()

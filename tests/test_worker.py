@@ -105,7 +105,7 @@ def test_a_scheduler_on_the_applications_pool_runs_jobs_and_returns_connections_
             assert conn.execute("select count(*) from pgxjob_job_runs").fetchone() == (1,)
 
 
-def test_a_scheduler_on_an_acquire_conn_callable_listens_on_a_held_connection(url: str) -> None:
+def test_an_acquire_conn_scheduler_listens_on_a_connection_of_its_own(url: str) -> None:
     import contextlib
 
     lent: list[int] = []
