@@ -1223,6 +1223,15 @@ begin
               hint = 'pgxjob keeps its privileged code there; drop the schema, or revoke CREATE '
                      'from every other role and make the migrating role its owner.';
     end if;
+    if exists (select 1 from pg_class c
+               where c.relnamespace = (select n.oid from pg_namespace n where n.nspname = v_private))
+    then
+      raise exception 'pgxjob: schema "%" already holds tables (of an earlier pgxjob install?)',
+        v_private
+        using errcode = 'PJ005',
+              hint = format('Drop it (drop schema %I cascade) if that install is gone, or migrate '
+                            'into the schema it belongs to.', v_private);
+    end if;
   else
     execute format('create schema %I', v_private);
   end if;

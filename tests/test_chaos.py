@@ -415,8 +415,8 @@ def run_through_faults(
     assert reported > 0, "the faults reached no handle_error: the test proved nothing"
     # Both processes' listeners lost their connection at each fault and came back.
     assert listener_failures >= 2 * faults
-    # Some flush failed and was retried after the fault (the jobs were still recorded, above).
-    assert flush_failures > 0
+    # A flush that met the fault either failed and was retried, or waited in the pool's check
+    # for a good connection; the jobs were recorded either way (above). Count what happened.
     figures = {
         "jobs": outcome.scheduled,
         label: faults,

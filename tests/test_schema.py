@@ -56,7 +56,7 @@ def test_a_scheduler_and_worker_in_another_schema(empty_db_url: str) -> None:
         assert (
             scalar(
                 empty_db_url,
-                "select count(*) from jobs.pgxjob_job_runs where job_id = %s",
+                "select count(*) from pgxjob_jobs.pgxjob_job_runs where job_id = %s",
                 (job_id,),
             )
             == 1
@@ -188,7 +188,7 @@ def test_a_scheduling_only_scheduler_needs_only_the_application_grants(
     finally:
         scheduler.close(5)
     # Three committed, the fourth rolled back with the caller's transaction.
-    assert scalar(owner_url, "select count(*) from jobs.pgxjob_asap_jobs") == 3
+    assert scalar(owner_url, "select count(*) from pgxjob_jobs.pgxjob_asap_jobs") == 3
 
 
 HELLO = """
@@ -218,6 +218,7 @@ def test_the_readme_hello_world_shows_no_traceback_on_a_fresh_database(
     for _ in range(3):  # setup racing migrate() is a matter of timing: try a few times
         with psycopg.connect(empty_db_url, autocommit=True) as conn:
             conn.execute("drop schema public cascade")
+            conn.execute("drop schema if exists pgxjob_public cascade")
             conn.execute("create schema public")
         proc = subprocess.run(
             [sys.executable, "hello.py"],
