@@ -24,6 +24,7 @@ __all__ = [
     "ErrorFilterFunc",
     "ErrorWithRetry",
     "Job",
+    "JobCancelled",
     "JobGroup",
     "JobType",
     "JobTypeConfig",
@@ -51,7 +52,10 @@ class Job:
 
     ``params`` is the job's JSON text exactly as stored, or None. ``run_at`` is when the job was
     first due (its insert time for an ASAP job). ``shutdown_requested`` is set when the worker
-    running the job starts to shut down, so long handlers can stop early.
+    running the job starts to shut down, and ``cancel_requested`` when the job is cancelled
+    (:meth:`Scheduler.cancel`, ``pgxjob_cancel_job``), so long handlers can stop early; a handler
+    that stops for a cancellation may raise :class:`JobCancelled`. Either way a cancelled job is
+    finished as cancelled, never retried.
     """
 
     id: int
@@ -66,10 +70,24 @@ class Job:
     shutdown_requested: threading.Event = dataclasses.field(
         default_factory=threading.Event, compare=False, repr=False
     )
+    priority: int = 0
+    cancel_requested: threading.Event = dataclasses.field(
+        default_factory=threading.Event, compare=False, repr=False
+    )
 
 
-RunJob = Callable[[Job], None]
-"""A handler: runs one job, returns None on success, raises to fail or retry it."""
+class JobCancelled(Exception):
+    """Raised by a handler that stops because its job was cancelled.
+
+    The job is finished as cancelled (outcome ``cancelled`` in the run log), never retried,
+    whatever the error filter says.
+    """
+
+
+RunJob = Callable[[Job], Any]
+"""A handler: runs one job and returns on success, raises to fail or retry it.
+
+What it returns, if not None, is stored as JSON with the run's log row (its ``output``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,9 +276,12 @@ def filter_error(run_job: RunJob, error_filter: ErrorFilter | ErrorFilterFunc) -
         )
 
     @functools.wraps(run_job)
-    def run(job: Job) -> None:
+    def run(job: Job) -> Any:
         try:
-            run_job(job)
+            return run_job(job)
+        except JobCancelled:
+            # A cancelled job ends; no filter may turn that into a retry.
+            raise
         except Exception as exc:
             filtered = apply(job, exc)
             if filtered is exc:

@@ -73,6 +73,18 @@ class Listener:
         for worker in workers:
             worker.signal()
 
+    def _cancel(self, payload: str) -> None:
+        # "<worker id> <job id>": only the worker holding the job has anything to do.
+        try:
+            worker_id, job_id = (int(part) for part in payload.split())
+        except ValueError:
+            logger.warning("pgxjob: ignoring a malformed cancel notification %r", payload)
+            return
+        with self._lock:
+            workers = [w for ws in self._workers.values() for w in ws if w.id == worker_id]
+        for worker in workers:
+            worker._on_cancel(job_id)
+
     @contextlib.contextmanager
     def _connect(self) -> Iterator[psycopg.Connection[Any]]:
         # A connection of its own, made as the scheduler's pool makes them, so that the listener
@@ -99,7 +111,10 @@ class Listener:
                     idle_since = time.monotonic()
                     while not self._stop.is_set():
                         for notification in conn.notifies(timeout=0.5):
-                            self._signal(notification.payload)
+                            if notification.channel == queries.CANCEL_NOTIFY_CHANNEL:
+                                self._cancel(notification.payload)
+                            else:
+                                self._signal(notification.payload)
                         if time.monotonic() - idle_since > _PING_INTERVAL:
                             # A round trip proves the connection is alive where keepalives
                             # cannot tell (a pooler between us and the server).

@@ -22,7 +22,9 @@ class JobQueue:
     def __init__(self, *, low_water: int, on_low_water: collections.abc.Callable[[], None]) -> None:
         self._cond = threading.Condition()
         self._queue: collections.deque[tuple[Job, int]] = collections.deque()
-        self._running = 0
+        # Running jobs by the identity of their Job object: a retried job may be fetched and run
+        # again before the runner of its first attempt has counted itself done.
+        self._running: dict[int, Job] = {}
         self._closed = False
         self._low_water = low_water
         self._on_low_water = on_low_water
@@ -54,17 +56,30 @@ class JobQueue:
             if self._closed:
                 return None
             item = self._queue.popleft()
-            self._running += 1
+            self._running[id(item[0])] = item[0]
             low = len(self._queue) == self._low_water
         if low:
             self._on_low_water()
         return item
 
-    def finished(self) -> bool:
+    def finished(self, job: Job) -> bool:
         """A runner is done with its job (its result is buffered). True when the worker is idle."""
         with self._cond:
-            self._running -= 1
-            return self._running == 0 and not self._queue
+            self._running.pop(id(job), None)
+            return not self._running and not self._queue
+
+    def find(self, job_id: int) -> Job | None:
+        """The job with this id if it is queued or running here, else None."""
+        with self._cond:
+            running = (job for job in self._running.values() if job.id == job_id)
+            queued = (job for job, _ in self._queue if job.id == job_id)
+            return next(running, None) or next(queued, None)
+
+    @property
+    def running(self) -> int:
+        """How many jobs are running now."""
+        with self._cond:
+            return len(self._running)
 
     def drop(self) -> tuple[int, bool]:
         """Drop the queued jobs (their ownership is gone); return how many and whether idle."""
@@ -72,7 +87,7 @@ class JobQueue:
             dropped = [job.id for job, _ in self._queue]
             self._queue.clear()
             self._forget(dropped)
-            return len(dropped), self._running == 0
+            return len(dropped), not self._running
 
     def close(self) -> int:
         """Start no job from now on; drop the queued ones. Returns how many were dropped."""

@@ -20,6 +20,9 @@ PG_NOTIFY_CHANNEL = "pgxjob_job_available"
 TIMED_NOTIFY_CHANNEL = "pgxjob_timed_job_scheduled"
 """The channel notified, with the group name as payload, when a timed job or retry is scheduled."""
 
+CANCEL_NOTIFY_CHANNEL = "pgxjob_job_cancel"
+"""The channel pgxjob_cancel_job notifies for a job a worker holds; payload "<worker> <job>"."""
+
 
 class FetchedJob(NamedTuple):
     """One row of pgxjob_fetch_jobs."""
@@ -34,6 +37,8 @@ class FetchedJob(NamedTuple):
     error_count: int
     last_error: str | None
     asap: bool
+    priority: int
+    cancel_requested: bool
 
 
 class JobResult(NamedTuple):
@@ -48,6 +53,10 @@ class JobResult(NamedTuple):
     backoff_max_retries: int | None
     backoff_base_delay: dt.timedelta | None
     log: bool
+    output: str | None = None
+    """What the handler returned, as JSON text; None for nothing."""
+    cancelled: bool = False
+    """The handler stopped because the job was cancelled: finish it, never retry it."""
 
 
 @contextmanager
@@ -105,13 +114,22 @@ def _scalar(conn: psycopg.Connection[Any], query: str, params: Sequence[Any]) ->
     return row[0]
 
 
+# Every parameter is cast to the type the function declares: a call whose arguments all match
+# one signature exactly resolves to it, whatever overloads another role adds in a schema on the
+# caller's search_path.
+
+
 def register_group(conn: psycopg.Connection[Any], name: str) -> int:
-    return int(_scalar(conn, "select {}pgxjob_register_group(%s)", (name,)))
+    return int(_scalar(conn, "select {}pgxjob_register_group(%s::text)", (name,)))
 
 
 def register_job_type(conn: psycopg.Connection[Any], name: str, default_group_name: str) -> int:
     return int(
-        _scalar(conn, "select {}pgxjob_register_job_type(%s, %s)", (name, default_group_name))
+        _scalar(
+            conn,
+            "select {}pgxjob_register_job_type(%s::text, %s::text)",
+            (name, default_group_name),
+        )
     )
 
 
@@ -121,12 +139,15 @@ def schedule(
     params_json: str | None,
     group_name: str | None,
     run_at: dt.datetime | None,
+    priority: int = 0,
+    unique_key: str | None = None,
 ) -> int:
     return int(
         _scalar(
             conn,
-            "select {}pgxjob_schedule(%s, %s::json, %s, %s::timestamptz)",
-            (job_type, params_json, group_name, run_at),
+            "select {}pgxjob_schedule(%s::text, %s::json, %s::text, %s::timestamptz, %s::int,"
+            " %s::text)",
+            (job_type, params_json, group_name, run_at, priority, unique_key),
         )
     )
 
@@ -137,11 +158,32 @@ def schedule_many(
     params_json: Sequence[str | None],
     group_name: str | None,
     run_at: dt.datetime | None,
+    priority: int = 0,
+    unique_keys: Sequence[str | None] | None = None,
 ) -> list[int]:
+    keys = None if unique_keys is None else list(unique_keys)
     with translated_errors():
         rows = conn.execute(
-            _sql(conn, "select {}pgxjob_schedule_many(%s, %b::json[], %s, %s::timestamptz)"),
-            (job_type, list(params_json), group_name, run_at),
+            _sql(
+                conn,
+                "select {}pgxjob_schedule_many(%s::text, %b::json[], %s::text, %s::timestamptz,"
+                " %s::int, %s::text[])",
+            ),
+            (job_type, list(params_json), group_name, run_at, priority, keys),
+        ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def cancel_job(conn: psycopg.Connection[Any], job_id: int) -> str:
+    """'cancelled', 'cancel_requested' or 'not_found'."""
+    return str(_scalar(conn, "select {}pgxjob_cancel_job(%s::bigint)", (job_id,)))
+
+
+def cancel_requests(conn: psycopg.Connection[Any], worker_id: int) -> list[int]:
+    """Ids of the jobs the worker holds that have a cancel request."""
+    with translated_errors():
+        rows = conn.execute(
+            _sql(conn, "select * from {}pgxjob_cancel_requests(%s::int)"), (worker_id,)
         ).fetchall()
     return [int(row[0]) for row in rows]
 
@@ -149,11 +191,12 @@ def schedule_many(
 def register_worker(
     conn: psycopg.Connection[Any], group_name: str, dead_after: dt.timedelta
 ) -> int:
-    return int(_scalar(conn, "select {}pgxjob_register_worker(%s, %s)", (group_name, dead_after)))
+    query = "select {}pgxjob_register_worker(%s::text, %s::interval)"
+    return int(_scalar(conn, query, (group_name, dead_after)))
 
 
 def worker_heartbeat(conn: psycopg.Connection[Any], worker_id: int) -> bool:
-    return bool(_scalar(conn, "select {}pgxjob_worker_heartbeat(%s)", (worker_id,)))
+    return bool(_scalar(conn, "select {}pgxjob_worker_heartbeat(%s::int)", (worker_id,)))
 
 
 def reap_dead_workers(conn: psycopg.Connection[Any], reaper_id: int) -> int:
@@ -164,7 +207,7 @@ def reap_dead_workers(conn: psycopg.Connection[Any], reaper_id: int) -> int:
 
 
 def unregister_worker(conn: psycopg.Connection[Any], worker_id: int) -> bool:
-    return bool(_scalar(conn, "select {}pgxjob_unregister_worker(%s)", (worker_id,)))
+    return bool(_scalar(conn, "select {}pgxjob_unregister_worker(%s::int)", (worker_id,)))
 
 
 def fetch_jobs(conn: psycopg.Connection[Any], worker_id: int, limit: int) -> list[FetchedJob]:
@@ -173,7 +216,8 @@ def fetch_jobs(conn: psycopg.Connection[Any], worker_id: int, limit: int) -> lis
             _sql(
                 conn,
                 "select id, group_id, type_id, type_name, params::text, inserted_at, run_at,"
-                " error_count, last_error, asap from {}pgxjob_fetch_jobs(%s, %s)",
+                " error_count, last_error, asap, priority, cancel_requested"
+                " from {}pgxjob_fetch_jobs(%s::int, %s::int)",
             ),
             (worker_id, limit),
         ).fetchall()
@@ -181,13 +225,12 @@ def fetch_jobs(conn: psycopg.Connection[Any], worker_id: int, limit: int) -> lis
 
 
 def release_unknown_jobs(conn: psycopg.Connection[Any], worker_id: int, known: list[int]) -> int:
-    return int(
-        _scalar(conn, "select {}pgxjob_release_unknown_jobs(%s, %b::bigint[])", (worker_id, known))
-    )
+    query = "select {}pgxjob_release_unknown_jobs(%s::int, %b::bigint[])"
+    return int(_scalar(conn, query, (worker_id, known)))
 
 
 def next_run_in(conn: psycopg.Connection[Any], worker_id: int) -> dt.timedelta | None:
-    value = _scalar(conn, "select {}pgxjob_next_run_in(%s)", (worker_id,))
+    value = _scalar(conn, "select {}pgxjob_next_run_in(%s::int)", (worker_id,))
     assert value is None or isinstance(value, dt.timedelta)
     return value
 
@@ -216,7 +259,8 @@ def record_job_results(
                 # than as quoted text, which matters on the hot path of every worker.
                 "select changed, stale_job_ids from {}pgxjob_record_job_results(%s::int,"
                 " %b::bigint[], %b::int[], %b::timestamptz[], %b::timestamptz[], %b::text[],"
-                " %b::timestamptz[], %b::int[], %b::interval[], %b::boolean[])",
+                " %b::timestamptz[], %b::int[], %b::interval[], %b::boolean[],"
+                " %b::text[]::json[], %b::boolean[])",
             ),
             [worker_id, *columns],
         ).fetchone()
@@ -233,7 +277,7 @@ def ping(conn: psycopg.Connection[Any]) -> None:
 
 
 def listen(conn: psycopg.Connection[Any]) -> None:
-    for channel in (PG_NOTIFY_CHANNEL, TIMED_NOTIFY_CHANNEL):
+    for channel in (PG_NOTIFY_CHANNEL, TIMED_NOTIFY_CHANNEL, CANCEL_NOTIFY_CHANNEL):
         conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel)))
 
 
@@ -295,14 +339,17 @@ def schedule_relative(
     group_name: str | None,
     run_at: dt.datetime | None,
     run_in: dt.timedelta | None,
+    *,
+    priority: int = 0,
+    unique_key: str | None = None,
 ) -> int:
     """pgxjob_schedule with run_at, or with now() + run_in on the database clock."""
     return int(
         _scalar(
             conn,
-            "select {}pgxjob_schedule(%s, %s::json, %s,"
-            " coalesce(%s::timestamptz, now() + %s::interval))",
-            (job_type, params_json, group_name, run_at, run_in),
+            "select {}pgxjob_schedule(%s::text, %s::json, %s::text,"
+            " coalesce(%s::timestamptz, now() + %s::interval), %s::int, %s::text)",
+            (job_type, params_json, group_name, run_at, run_in, priority, unique_key),
         )
     )
 

@@ -102,6 +102,27 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (PostgreSQL's json type rejects it)")
 
 
+def _check_priority(priority: int) -> None:
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise TypeError(f"priority must be an int, got {priority!r}")
+    if not -(2**31) <= priority < 2**31:
+        raise ValueError(f"priority must fit PostgreSQL's int (±2**31), got {priority}")
+
+
+def _check_unique_key(key: str | None) -> None:
+    if key is None:
+        return
+    if not isinstance(key, str):
+        raise TypeError(f"unique_key must be a str or None, got {key!r}")
+    if "\x00" in key:
+        raise ValueError("unique_key contains a NUL character, which PostgreSQL text cannot store")
+    if len(key.encode("utf-8", "surrogatepass")) > 1000:
+        raise ValueError(
+            "unique_key is longer than 1000 bytes in UTF-8; use a shorter key, for example a "
+            "hash of the values that make the job unique"
+        )
+
+
 def _check_run_at(run_at: dt.datetime | None) -> None:
     if run_at is not None and (not isinstance(run_at, dt.datetime) or run_at.tzinfo is None):
         raise ValueError(
@@ -446,6 +467,8 @@ class Scheduler:
         *,
         group_name: str | None = None,
         run_at: dt.datetime | None = None,
+        priority: int = 0,
+        unique_key: str | None = None,
     ) -> int:
         """Schedule one job and return its id.
 
@@ -453,23 +476,51 @@ class Scheduler:
         worker is notified, only when that transaction commits. With ``conn=None`` the
         scheduler's own connection is used and the job is committed at once. ``run_at`` None
         (or not in the future) means as soon as possible; the job type's default group is used
-        unless ``group_name`` is given.
+        unless ``group_name`` is given. Among a group's due jobs a higher ``priority`` runs first.
+        While a job of this type holds ``unique_key`` (waiting, retrying or running), the
+        existing job's id is returned and nothing is scheduled.
         """
         params_json = encode_params(params)
         _check_run_at(run_at)
+        _check_priority(priority)
+        _check_unique_key(unique_key)
         self.wait_ready()
+        args = (job_type, params_json, group_name, run_at, priority, unique_key)
         if conn is None:
             with self.connection() as own:
-                return queries.schedule(own, job_type, params_json, group_name, run_at)
+                return queries.schedule(own, *args)
         # The caller's connection: its search_path may not reach the scheduler's schema.
         with queries.in_schema(conn, self._schema):
-            return queries.schedule(conn, job_type, params_json, group_name, run_at)
+            return queries.schedule(conn, *args)
 
     def schedule_now(
-        self, conn: psycopg.Connection[Any] | None, job_type: str, params: Any = None
+        self,
+        conn: psycopg.Connection[Any] | None,
+        job_type: str,
+        params: Any = None,
+        *,
+        priority: int = 0,
+        unique_key: str | None = None,
     ) -> int:
         """Schedule one job to run as soon as possible; return its id."""
-        return self.schedule(conn, job_type, params)
+        return self.schedule(conn, job_type, params, priority=priority, unique_key=unique_key)
+
+    def cancel(self, conn: psycopg.Connection[Any] | None, job_id: int) -> str:
+        """Cancel a job; return what happened: 'cancelled', 'cancel_requested' or 'not_found'.
+
+        A waiting job (ASAP, scheduled, or waiting to retry) is removed at once: 'cancelled'. A
+        job a worker holds gets a request: its handler sees ``job.cancel_requested`` within
+        moments, and when it returns or raises the job is finished as cancelled, never retried:
+        'cancel_requested'. With a connection, the cancellation is part of the caller's
+        transaction.
+        """
+        if not isinstance(job_id, int) or isinstance(job_id, bool) or not 0 < job_id < 2**63:
+            raise ValueError(f"job_id must be a job id (a positive int), got {job_id!r}")
+        if conn is None:
+            with self.connection() as own:
+                return queries.cancel_job(own, job_id)
+        with queries.in_schema(conn, self._schema):
+            return queries.cancel_job(conn, job_id)
 
     def schedule_many(
         self,
@@ -479,16 +530,33 @@ class Scheduler:
         *,
         group_name: str | None = None,
         run_at: dt.datetime | None = None,
+        priority: int = 0,
+        unique_keys: Sequence[str | None] | None = None,
     ) -> list[int]:
-        """Schedule one job per element of params_list in one round trip; return ids in order."""
+        """Schedule one job per element of params_list in one round trip; return ids in order.
+
+        ``unique_keys``, when given, holds one key (or None) per job: a job whose key is held
+        returns the holder's id in its place.
+        """
         encoded = [encode_params(params) for params in params_list]
         _check_run_at(run_at)
+        _check_priority(priority)
+        if unique_keys is not None:
+            unique_keys = list(unique_keys)
+            if len(unique_keys) != len(encoded):
+                raise ValueError(
+                    f"unique_keys has {len(unique_keys)} keys for {len(encoded)} jobs; pass one "
+                    "key (or None) per job"
+                )
+            for key in unique_keys:
+                _check_unique_key(key)
         self.wait_ready()
+        args = (job_type, encoded, group_name, run_at, priority, unique_keys)
         if conn is None:
             with self.connection() as own:
-                return queries.schedule_many(own, job_type, encoded, group_name, run_at)
+                return queries.schedule_many(own, *args)
         with queries.in_schema(conn, self._schema):
-            return queries.schedule_many(conn, job_type, encoded, group_name, run_at)
+            return queries.schedule_many(conn, *args)
 
     # -- workers --------------------------------------------------------------------------------
 

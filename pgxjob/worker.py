@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import itertools
+import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +18,15 @@ from pgxjob import context, queries
 from pgxjob.durations import Seconds, seconds
 from pgxjob.errors import WorkerNotRegisteredError
 from pgxjob.heartbeat import Heartbeat
-from pgxjob.jobs import ErrorWithRetry, Job, JobGroup, JobType, failure_text, is_final_run
+from pgxjob.jobs import (
+    ErrorWithRetry,
+    Job,
+    JobCancelled,
+    JobGroup,
+    JobType,
+    failure_text,
+    is_final_run,
+)
 from pgxjob.prefetch import JobQueue
 from pgxjob.queries import FetchedJob, JobResult
 from pgxjob.results import ResultBuffer
@@ -103,6 +113,7 @@ class Worker:
         # Set when the worker gives up waiting (a deadline passed): retry loops stop at once.
         self._abandoned = threading.Event()
         self._fetch_failed = False
+        self._cancel_polled_at = 0.0
 
         self._queue = JobQueue(low_water=max_prefetched_jobs // 2, on_low_water=self._wake.set)
         self._results = ResultBuffer(
@@ -265,8 +276,37 @@ class Worker:
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.05
+            self._poll_cancel_requests(worker_id)
             if sleep is not None:
                 self._wake.wait(sleep)
+
+    def _poll_cancel_requests(self, worker_id: int) -> None:
+        # The fallback for cancel requests whose notification this worker missed (its listener
+        # was reconnecting, or it does not listen): at most once per poll interval, and only
+        # while jobs run, since queued jobs are checked when they start.
+        if not self._queue.running:
+            return
+        now = time.monotonic()
+        if now - self._cancel_polled_at < min(self._poll_interval, 1.0):
+            return
+        self._cancel_polled_at = now
+        try:
+            with self._connection() as conn:
+                requested = queries.cancel_requests(conn, worker_id)
+        except Exception as exc:
+            self._report(exc)
+            return
+        for job_id in requested:
+            self._on_cancel(job_id)
+
+    def _on_cancel(self, job_id: int) -> None:
+        """A cancel request for a job this worker holds: the job's handler sees it at once."""
+        job = self._queue.find(job_id)
+        if job is not None and not job.cancel_requested.is_set():
+            logger.info(
+                "pgxjob worker %s: job %s (%s) is cancelled", self._name, job_id, job.type.name
+            )
+            job.cancel_requested.set()
 
     def _fetch(self, worker_id: int, wanted: int) -> float | None:
         """Claim up to ``wanted`` jobs and queue them; return how long to sleep (None: not)."""
@@ -296,9 +336,14 @@ class Worker:
 
     def _job(self, row: FetchedJob) -> Job:
         assert self._group is not None
-        job_type = self._scheduler._handler(row.type_name)
+        job_type = None if row.type_name is None else self._scheduler._handler(row.type_name)
         if job_type is None:
-            job_type = JobType(row.type_id, row.type_name, self._group, _no_handler(row.type_name))
+            # A type row deleted under its jobs comes back without a name: say its id.
+            name = row.type_name or f"<deleted job type id {row.type_id}>"
+            job_type = JobType(row.type_id, name, self._group, _no_handler(name))
+        cancel_requested = threading.Event()
+        if row.cancel_requested:
+            cancel_requested.set()
         return Job(
             id=row.id,
             group=self._group,
@@ -310,6 +355,8 @@ class Worker:
             error_count=row.error_count,
             asap=row.asap,
             shutdown_requested=self.shutdown_requested,
+            priority=row.priority,
+            cancel_requested=cancel_requested,
         )
 
     # -- running --------------------------------------------------------------------------------
@@ -326,7 +373,7 @@ class Worker:
             try:
                 interrupted = self._run(job, worker_id)
             finally:
-                if self._queue.finished():
+                if self._queue.finished(job):
                     self._results.flush_soon()
             if interrupted:
                 self._begin_shutdown()
@@ -335,9 +382,17 @@ class Worker:
         """Run one job and buffer its result. True when the handler stopped the worker."""
         started_at = dt.datetime.now(dt.UTC)
         err: BaseException | None = None
+        output: str | None = None
+        if job.cancel_requested.is_set():
+            # Cancelled while it waited in this worker's queue: it does not start.
+            finished_at = dt.datetime.now(dt.UTC)
+            self._results.add(
+                worker_id, self._result(job, started_at, finished_at, None, cancelled=True)
+            )
+            return False
         try:
-            # Typed to return None, but an async handler hidden from the declaration check
-            # returns a coroutine: fail the job rather than count it a success.
+            # An async handler hidden from the declaration check returns a coroutine: fail the
+            # job rather than count it a success.
             run_job: Callable[[Job], object] = job.type.run_job
             returned = run_job(job)
             if inspect.isawaitable(returned):
@@ -348,6 +403,7 @@ class Worker:
                     "pgxjob never awaits: handlers run on threads and must do their work before "
                     "returning (e.g. asyncio.run(...))"
                 )
+            output = _output_json(job, returned)
         except (SystemExit, KeyboardInterrupt) as exc:
             # The process is being stopped, not the job failing: hand the job back untouched
             # (no attempt counted) and shut the worker down.
@@ -364,9 +420,20 @@ class Worker:
         except BaseException as exc:  # a handler's error of any kind is the job's result
             err = exc
         finished_at = dt.datetime.now(dt.UTC)
-        if err is not None:
+        cancelled = (
+            isinstance(err, JobCancelled)
+            or (isinstance(err, ErrorWithRetry) and isinstance(err.err, JobCancelled))
+            or job.cancel_requested.is_set()
+        )
+        if cancelled:
+            logger.info("pgxjob: job %s (%s) stopped: it was cancelled", job.id, job.type.name)
+            err = None
+        elif err is not None:
             self._log_failure(job, err)
-        self._results.add(worker_id, self._result(job, started_at, finished_at, err))
+        self._results.add(
+            worker_id,
+            self._result(job, started_at, finished_at, err, output=output, cancelled=cancelled),
+        )
         return False
 
     def _log_failure(self, job: Job, err: BaseException) -> None:
@@ -389,7 +456,14 @@ class Worker:
             )
 
     def _result(
-        self, job: Job, started_at: dt.datetime, finished_at: dt.datetime, err: BaseException | None
+        self,
+        job: Job,
+        started_at: dt.datetime,
+        finished_at: dt.datetime,
+        err: BaseException | None,
+        *,
+        output: str | None = None,
+        cancelled: bool = False,
     ) -> JobResult:
         log = True
         if self._should_log_job_run is not None:
@@ -415,6 +489,8 @@ class Worker:
             max_retries,
             base_delay,
             log,
+            output,
+            cancelled,
         )
 
     # -- shutdown -------------------------------------------------------------------------------
@@ -544,6 +620,20 @@ class Worker:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def _output_json(job: Job, returned: object) -> str | None:
+    """What a handler returned, as the JSON text stored with its run; None stores nothing."""
+    if returned is None:
+        return None
+    try:
+        return json.dumps(returned, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise TypeError(
+            f"the handler of job type {job.type.name!r} returned a {type(returned).__name__}, "
+            f"which cannot be stored as the run's JSON output ({exc}); return JSON-serialisable "
+            "values (dict, list, str, number, bool) or None"
+        ) from exc
 
 
 def _no_handler(type_name: str) -> Callable[[Job], None]:

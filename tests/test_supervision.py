@@ -88,6 +88,22 @@ def test_a_handle_error_that_raises_stops_no_loop(url: str) -> None:
         # Dropped connections may spare the flusher, which works in short bursts: a result the
         # database rejects is reported from it for sure.
         worker._results.add(worker.id or 0, poison_result(job_id=-1))
+        # The pool replaces a dropped connection before lending it, so the fetch loop may never
+        # meet a dropped one: it meets a fetch function that is gone for a while instead.
+        fetch_fn = "public.pgxjob_fetch_jobs(int, int, timestamptz)"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"alter function {fetch_fn} rename to pgxjob_fetch_off")
+        try:
+            deadline = time.monotonic() + 30
+            while "fetch" not in reported and time.monotonic() < deadline:
+                query(url, "select pgxjob_schedule('t')")
+                time.sleep(0.3)
+        finally:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(
+                    "alter function public.pgxjob_fetch_off(int, int, timestamptz)"
+                    " rename to pgxjob_fetch_jobs"
+                )
         deadline = time.monotonic() + 60
         while not wanted <= reported and time.monotonic() < deadline:
             terminate_other_backends(url)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import psycopg
 
 from pgxjob.cli.commands import (
+    cmd_cancel,
     cmd_embedded,
     cmd_migrate,
     cmd_prune,
@@ -48,6 +49,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "migrate": cmd_migrate,
     "worker": cmd_worker,
     "schedule": cmd_schedule,
+    "cancel": cmd_cancel,
     "status": cmd_status,
     "runs": cmd_runs,
     "prune": cmd_prune,

@@ -73,7 +73,14 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     with migrated(db, schema_of(args)) as conn:
         try:
             job_id = queries.schedule_relative(
-                conn, args.job_type, params, args.group, run_at, run_in
+                conn,
+                args.job_type,
+                params,
+                args.group,
+                run_at,
+                run_in,
+                priority=args.priority,
+                unique_key=args.unique_key,
             )
         except PgxjobError as exc:
             raise CommandError(str(exc)) from exc
@@ -174,6 +181,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_detail(run: queries.JobRun, limit: int) -> str:
+    if run.error is not None:
+        return f"error: {one_line(run.error, limit)}"
+    if run.output is not None:
+        return f"output: {one_line(run.output, limit)}"
+    return ""
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    db = resolve(args)
+    outcomes: list[tuple[int, str]] = []
+    with migrated(db, schema_of(args)) as conn:
+        for job_id in args.job_ids:
+            outcomes.append((job_id, queries.cancel_job(conn, job_id)))
+    for job_id, outcome in outcomes:
+        if args.json:
+            print(json.dumps({"job_id": job_id, "outcome": outcome}))
+        else:
+            print(f"{job_id}\t{outcome}")
+    missing = [job_id for job_id, outcome in outcomes if outcome == "not_found"]
+    if missing:
+        note(args, f"not found (unknown or already finished): {', '.join(map(str, missing))}")
+    return EXIT_OK
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     db = resolve(args)
     with migrated(db, schema_of(args)) as conn:
@@ -184,6 +216,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 failed_only=args.failed,
                 job_type=args.job_type,
                 group_name=args.group,
+                job_id=args.job_id,
             )
         except PgxjobError as exc:
             raise CommandError(str(exc)) from exc
@@ -191,6 +224,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         for run in runs:
             record = run._asdict()
             record["params"] = None if run.params is None else json.loads(run.params)
+            record["output"] = None if run.output is None else json.loads(run.output)
             print(json.dumps(record, default=json_default))
         return EXIT_OK
     if not runs:
@@ -198,7 +232,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return EXIT_OK
     table(
         sys.stdout,
-        ["finished", "job", "run", "group", "type", "duration", "result"],
+        ["finished", "job", "run", "group", "type", "duration", "outcome", "detail"],
         [
             [
                 local_time(run.finished_at),
@@ -207,7 +241,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 run.group_name,
                 run.job_type,
                 duration_text(run.finished_at - run.started_at),
-                "ok" if run.error is None else f"error: {one_line(run.error, 70)}",
+                run.outcome or ("succeeded" if run.error is None else "failed"),
+                _run_detail(run, 60 if args.job_id is None else 2000),
             ]
             for run in runs
         ],

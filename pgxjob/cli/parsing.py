@@ -144,6 +144,26 @@ def _non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def _priority(text: str) -> int:
+    return _whole_number(text, -_MAX_INT - 1)
+
+
+def _job_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a job id (a whole number)") from None
+    if not 1 <= value <= 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a job id (1 to {2**63 - 1})")
+    return value
+
+
+def _unique_key(text: str) -> str:
+    if "\x00" in text or len(text.encode("utf-8", "surrogateescape")) > 1000:
+        raise argparse.ArgumentTypeError("a unique key has at most 1000 bytes and no NUL")
+    return text
+
+
 def _seconds(text: str) -> float:
     """Seconds as a number (``2.5``) or a duration with a unit (``500ms``, ``1m``)."""
     try:
@@ -352,6 +372,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="an ISO 8601 time (2030-01-31T09:00:00Z; no offset = local time), a delay on the "
         "database clock (+10m, 'in 2h', 90s) or now (default)",
     )
+    schedule.add_argument(
+        "--priority",
+        type=_priority,
+        default=0,
+        metavar="N",
+        help="higher runs first among the group's due jobs (default: 0)",
+    )
+    schedule.add_argument(
+        "--unique-key",
+        type=_unique_key,
+        metavar="KEY",
+        help="while a job of this type holds KEY, print its id instead of scheduling another",
+    )
+
+    cancel = command("cancel", "cancel jobs: remove waiting ones, ask workers to stop running ones")
+    cancel.add_argument("job_ids", metavar="JOB_ID", nargs="+", type=_job_id, help="a job id")
+    cancel.add_argument("--json", action="store_true", help="print one JSON object per job")
 
     status = command("status", "show jobs per group and type, workers and recent failures")
     status.add_argument("--json", action="store_true", help="print one JSON document")
@@ -367,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--failed", action="store_true", help="only runs that failed")
     runs.add_argument("--type", dest="job_type", metavar="TYPE", help="only runs of this type")
     runs.add_argument("--group", metavar="GROUP", help="only runs in this group")
+    runs.add_argument(
+        "--job", dest="job_id", type=_job_id, metavar="JOB_ID", help="only this job's runs"
+    )
     runs.add_argument(
         "-n",
         "--limit",
