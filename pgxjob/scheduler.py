@@ -102,6 +102,22 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON (PostgreSQL's json type rejects it)")
 
 
+_pure_python_warned = False
+
+
+def _warn_if_pure_python() -> None:
+    """Say once per process when psycopg runs its pure-Python implementation."""
+    global _pure_python_warned
+    if _pure_python_warned or psycopg.pq.__impl__ != "python":
+        return
+    _pure_python_warned = True
+    logger.warning(
+        "pgxjob: psycopg is running its pure-Python implementation, which roughly halves a "
+        "worker's throughput; install psycopg's compiled one: pip install 'psycopg[binary]' "
+        "(or psycopg[c] where no wheel fits)"
+    )
+
+
 def _check_priority(priority: int) -> None:
     if not isinstance(priority, int) or isinstance(priority, bool):
         raise TypeError(f"priority must be an int, got {priority!r}")
@@ -582,6 +598,7 @@ class Scheduler:
         """
         if self._closed.is_set():
             raise RuntimeError("this scheduler is closed; create a new one to start workers")
+        _warn_if_pure_python()
         if not self._register:
             raise RuntimeError(
                 "this Scheduler was made with register=False and only schedules; start workers "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +14,7 @@ import pytest
 
 import pgxjob
 from pgxjob.migrations import migrate
-from tests.dbserver import scratch_database
+from tests.dbserver import ROOT, scratch_database
 
 
 @pytest.fixture
@@ -131,3 +134,21 @@ def test_an_acquire_conn_scheduler_listens_on_a_connection_of_its_own(url: str) 
         assert lent
     finally:
         scheduler.close()
+
+
+def test_a_worker_on_psycopgs_pure_python_implementation_warns_once(url: str) -> None:
+    script = (
+        "import logging, sys, pgxjob\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "s = pgxjob.Scheduler(sys.argv[1], job_types=[pgxjob.JobTypeConfig('t', print)])\n"
+        "for _ in range(2):\n"
+        "    s.start_worker()\n"
+        "s.close(10)\n"
+    )
+    env = {**os.environ, "PSYCOPG_IMPL": "python", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, url], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("pure-Python implementation") == 1
+    assert "pip install 'psycopg[binary]'" in proc.stderr
