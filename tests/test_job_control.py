@@ -267,3 +267,27 @@ def test_the_cli_schedules_with_priority_and_key_cancels_and_shows_a_jobs_runs(u
 
     bad = cli(url, "cancel", "zero")
     assert bad.returncode == 2 and "not a job id" in bad.stderr
+
+
+def test_a_job_whose_type_row_was_deleted_fails_naming_the_type_id_and_stalls_nothing(
+    url: str,
+) -> None:
+    scheduler = started_scheduler(url, lambda job: None)
+    try:
+        query(url, "select pgxjob_register_job_type('doomed')")
+        doomed = scheduler.schedule(None, "doomed")
+        later = scheduler.schedule(None, "t")
+        type_id = query(url, "select id from pgxjob_job_types where name = 'doomed'")[0][0]
+        with psycopg.connect(url, autocommit=True) as conn:
+            # The delete trigger refuses while jobs refer to the type; a replica-mode session
+            # (triggers off) is how such a job could still lose its type.
+            conn.execute("set session_replication_role = replica")
+            conn.execute("delete from pgxjob_job_types where name = 'doomed'")
+        scheduler.start_worker(poll_interval=0.2)
+        wait_for(lambda: pending(url) == 0, 10, "both jobs to finish")
+    finally:
+        scheduler.close(5)
+    [(_, outcome, error, _)] = runs(url, doomed)
+    assert outcome == "failed"
+    assert f"deleted job type id {type_id}" in error
+    assert runs(url, later)[0][1] == "succeeded"
