@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
+import random
 import resource
 import sys
 import threading
@@ -165,8 +167,62 @@ def params_for(n: int, start: int = 0) -> list[dict[str, int]]:
     return [{"i": start + k} for k in range(n)]
 
 
+def keyed_plan(
+    n: int, levels: int, keyed_share: float, seed: int = 1
+) -> list[tuple[int, int, str | None]]:
+    """(i, priority, unique key or None) for n jobs: priorities 0..levels-1 in equal shares and
+    round(n * keyed_share) distinct keys, each shuffled on its own so neither follows insertion
+    order."""
+    rng = random.Random(seed)
+    prios = [k % levels for k in range(n)]
+    keyed = [k < round(n * keyed_share) for k in range(n)]
+    rng.shuffle(prios)
+    rng.shuffle(keyed)
+    return [(i, prios[i], f"bench-{i}" if keyed[i] else None) for i in range(n)]
+
+
+def by_priority(
+    plan: list[tuple[int, int, str | None]],
+) -> dict[int, list[tuple[int, str | None]]]:
+    """Group a slice of a keyed plan by priority, highest first, keeping insertion order."""
+    out: dict[int, list[tuple[int, str | None]]] = {}
+    for i, prio, key in sorted(plan, key=lambda x: -x[1]):
+        out.setdefault(prio, []).append((i, key))
+    return out
+
+
+def runtime(client: str, library: str, **extra: Any) -> None:
+    """Print what this driver runs on: its client library (``psycopg`` or ``asyncpg``) and how
+    that library is built.
+
+    psycopg reports ``psycopg.pq.__impl__`` (python, c or binary) and the libpq it uses; asyncpg
+    speaks the protocol itself (a compiled Cython module, no libpq), so it reports that module.
+    """
+    info: dict[str, Any] = {
+        "driver": os.path.basename(sys.argv[0]),
+        "client": client,
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+    }
+    if library == "psycopg":
+        import psycopg
+
+        v = psycopg.pq.version()
+        info["library"] = f"psycopg {psycopg.__version__}"
+        info["impl"] = f"psycopg.pq.__impl__ = {psycopg.pq.__impl__}"
+        info["libpq"] = f"{v // 10000}.{v % 100}"
+    elif library == "asyncpg":
+        import asyncpg
+        import asyncpg.protocol.protocol as proto
+
+        built = "compiled" if (proto.__file__ or "").endswith((".so", ".pyd")) else "pure Python"
+        info["library"] = f"asyncpg {asyncpg.__version__}"
+        info["impl"] = f"asyncpg protocol {built} (Cython), no libpq"
+        info["libpq"] = "not used"
+    result({**info, **extra})
+
+
 def parse_args() -> tuple[str, str, dict[str, Any]]:
-    """argv: MODE DSN JSON_OPTIONS."""
+    """argv: MODE DSN JSON_OPTIONS (DSN is unused by mode ``runtime``)."""
     mode, dsn = sys.argv[1], sys.argv[2]
     opts = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     return mode, dsn, opts

@@ -151,6 +151,10 @@ def consume(dsn: str, opts: dict[str, Any]) -> None:
     common.serve_consumer_async(start, stop, prepare)
 
 
+def runtime(dsn: str, opts: dict[str, Any]) -> None:
+    common.runtime("PgQueuer: AsyncpgDriver, asyncio (stdlib event loop)", "asyncpg")
+
+
 if __name__ == "__main__":
     mode, dsn, opts = common.parse_args()
     fn = globals()[mode]

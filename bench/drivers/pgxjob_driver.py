@@ -82,11 +82,34 @@ def enqueue_bulk(dsn: str, opts: dict[str, Any]) -> None:
     common.result({"seconds": secs, "n": opts["n"]})
 
 
+def _keyed_bulk(
+    sched: pgxjob.Scheduler, conn: psycopg.Connection[Any], opts: dict[str, Any]
+) -> float:
+    """ASAP jobs over opts['priorities'] levels, opts['keyed_share'] of them with distinct unique
+    keys (common.keyed_plan). Each chunk of opts['batch'] is one transaction with one
+    schedule_many per priority level, as a user holding mixed jobs would send them."""
+    plan = common.keyed_plan(opts["n"], opts["priorities"], opts["keyed_share"])
+    t0 = time.perf_counter()
+    for chunk in common.chunks(plan, opts["batch"]):
+        with conn.transaction():
+            for prio, jobs in common.by_priority(chunk).items():
+                params = [{"i": i} for i, _ in jobs]
+                keys = [key for _, key in jobs]
+                sched.schedule_many(conn, "noop", params, priority=prio, unique_keys=keys)
+    return time.perf_counter() - t0
+
+
 def backlog(dsn: str, opts: dict[str, Any]) -> None:
-    """Fill a backlog: opts['n'] ASAP jobs plus opts['timed'] jobs due in opts['timed_delay'] s."""
+    """Fill a backlog: opts['n'] ASAP jobs plus opts['timed'] jobs due in opts['timed_delay'] s.
+
+    With opts['priorities'] the ASAP jobs get priorities and unique keys (_keyed_bulk).
+    """
     sched = scheduler(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        secs = _bulk(sched, conn, {"n": opts["n"], "batch": opts["batch"]})
+        if opts.get("priorities"):
+            secs = _keyed_bulk(sched, conn, opts)
+        else:
+            secs = _bulk(sched, conn, {"n": opts["n"], "batch": opts["batch"]})
         if opts.get("timed"):
             _bulk(
                 sched,
@@ -148,6 +171,10 @@ def consume(dsn: str, opts: dict[str, Any]) -> None:
         sched.close()
 
     common.serve_consumer_sync(start, stop)
+
+
+def runtime(dsn: str, opts: dict[str, Any]) -> None:
+    common.runtime("pgxjob: psycopg 3, sync, worker threads", "psycopg")
 
 
 if __name__ == "__main__":

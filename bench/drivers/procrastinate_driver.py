@@ -141,6 +141,10 @@ def consume(dsn: str, opts: dict[str, Any]) -> None:
     common.serve_consumer_async(start, stop, prepare)
 
 
+def runtime(dsn: str, opts: dict[str, Any]) -> None:
+    common.runtime("procrastinate: PsycopgConnector (psycopg 3 async pool), asyncio", "psycopg")
+
+
 if __name__ == "__main__":
     mode, dsn, opts = common.parse_args()
     fn = globals()[mode]
