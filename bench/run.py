@@ -9,6 +9,11 @@ counts and CPU are not shared with other users of the host's server); --dsn uses
     python bench/run.py                 # full run (about 20 minutes on 2 cores)
     python bench/run.py --quick         # small sizes, one round: a smoke test
     python bench/run.py --only pgxjob,pgqueuer --workloads drain1,latency
+
+The first workload, ``sweep``, drains the same backlog with each system's configurations (one
+knob and one or two worker processes, one round) and keeps the fastest for every later workload:
+each system is measured in the best configuration its sweep found. Without ``sweep`` (or for a
+system given a ``--config``) the configuration in SYSTEMS below is used as written.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ FULL = {
     "scaling": [10000, 50000],  # one process, one round; drain1 adds the n point
     "mixed_n": 20000,  # half ASAP, half timed, all due before the worker starts
     "big_n": 200000,  # pgxjob only: RSS over a long drain
+    "keyed_levels": 5,  # keyed drain: priority levels, shuffled over the backlog of n
+    "keyed_share": 0.5,  # keyed drain: share of jobs with a (distinct) unique key
 }
 QUICK = {
     "rounds": 1,
@@ -62,10 +69,15 @@ QUICK = {
     "scaling": [2000, 5000],
     "mixed_n": 3000,
     "big_n": 10000,
+    "keyed_levels": 5,
+    "keyed_share": 0.5,
 }
 
 # -- systems and their configurations ---------------------------------------------------------
-# Each configuration was chosen by a sweep (bench/RESULTS.md says which values were tried).
+# "consume" is the configuration used when no sweep runs. "sweep" names one consume knob (a dotted
+# path), the values tried and the worker process counts tried; the sweep workload keeps the
+# fastest pair (bench/RESULTS.md lists every rate). "sweep_from" takes another system's choice.
+# "sweep_max_n" caps the sweep's backlog for a slow system.
 
 SYSTEMS: dict[str, dict[str, Any]] = {
     "pgxjob": {
@@ -81,6 +93,7 @@ SYSTEMS: dict[str, dict[str, Any]] = {
                 "max_buffered_job_result_age": 1.0,
             },
         },
+        "sweep": {"knob": "worker.max_concurrent_jobs", "values": [2, 10], "procs": [1, 2]},
         "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
         " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
     },
@@ -98,6 +111,7 @@ SYSTEMS: dict[str, dict[str, Any]] = {
                 "max_buffered_job_result_age": 1.0,
             },
         },
+        "sweep_from": "pgxjob",
         "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
         " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
     },
@@ -117,6 +131,7 @@ SYSTEMS: dict[str, dict[str, Any]] = {
         "driver": "pgqueuer_driver.py",
         "bulk_batch": 5000,
         "consume": {"batch_size": 100, "max_concurrent_tasks": 0},
+        "sweep": {"knob": "batch_size", "values": [10, 50, 100, 200, 500], "procs": [1, 2]},
         "remaining_sql": "select count(*) from pgqueuer",
     },
     "oban": {
@@ -125,6 +140,7 @@ SYSTEMS: dict[str, dict[str, Any]] = {
         "driver": "oban_driver.py",
         "bulk_batch": 5000,
         "consume": {"limit": 100, "pool_max": 10, "stage_interval": 0.1},
+        "sweep": {"knob": "limit", "values": [10, 100, 500], "procs": [1, 2]},
         "remaining_sql": "select count(*) from oban_jobs"
         " where state in ('available', 'scheduled', 'executing', 'retryable')",
     },
@@ -134,18 +150,29 @@ SYSTEMS: dict[str, dict[str, Any]] = {
         "bulk_batch": 5000,
         "max_n": 5000,  # about 200 jobs/s here: larger backlogs do not fit the time budget
         "consume": {"concurrency": 10, "polling": 0.1, "delete_jobs": "successful"},
+        "sweep": {"knob": "concurrency", "values": [10, 50], "procs": [1, 2]},
+        "sweep_max_n": 2000,
         "remaining_sql": "select count(*) from procrastinate_jobs where status in ('todo', 'doing')",
     },
+    # Bare psycopg: the enqueue floor, and the raw SQL limit of a drain (claim a batch with
+    # `for update skip locked`, delete it), swept over batch sizes with 2 processes.
     "bare": {
         "venv": "pgxjob",
         "driver": "bare_driver.py",
-        "enqueue_only": True,
+        "only": ["single", "sweep", "drain1", "drain2"],
         "bulk_batch": 5000,
-        "remaining_sql": "select 0",
+        "consume": {"batch_size": 200},
+        "sweep": {"knob": "batch_size", "values": [10, 50, 100, 200, 500, 1000], "procs": [2]},
+        "remaining_sql": "select count(*) from bare_jobs",
     },
 }
 
-ALL_WORKLOADS = ["single", "drain1", "drain2", "steady", "latency", "scaling", "mixed", "big"]
+ALL_WORKLOADS = ["sweep", "single", "drain1", "drain2", "keyed", "steady", "latency", "scaling",
+                 "mixed", "big"]  # fmt: skip
+# Workloads run in the first round only.
+ONCE = ("sweep", "big", "scaling")
+# Consumer options given with --config: the sweep measures these systems but keeps their options.
+PINNED: set[str] = set()
 
 
 def log(msg: str) -> None:
@@ -216,6 +243,12 @@ def versions(system: str) -> dict[str, str]:
         check=True,
     ).stdout.strip()
     return {"python": py, **{k: v for k, v in sorted(vers.items()) if k in keep}}
+
+
+def runtime(system: str) -> dict[str, Any]:
+    """What the system's driver runs on (drivers/common.py runtime), plus its package versions."""
+    info = run_driver(system, "runtime", "", {}, timeout=60)
+    return {**info, "versions": versions(system)}
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------
@@ -450,8 +483,11 @@ class Consumer:
         return self.errfile.read()[-3000:]
 
 
-def consumers(system: str, dsn: str, procs: int, record: bool = False) -> list[Consumer]:
-    cs = [Consumer(system, dsn, SYSTEMS[system]["consume"], record) for _ in range(procs)]
+def consumers(
+    system: str, dsn: str, procs: int, record: bool = False, opts: dict[str, Any] | None = None
+) -> list[Consumer]:
+    opts = SYSTEMS[system]["consume"] if opts is None else opts
+    cs = [Consumer(system, dsn, opts, record) for _ in range(procs)]
     for c in cs:
         c.wait_ready()
     return cs
@@ -469,12 +505,19 @@ def wait_count(cs: list[Consumer], n: int, timeout: float) -> bool:
 
 
 def drain(
-    system: str, server: Server, db: str, n: int, procs: int, *, timeout: float
+    system: str,
+    server: Server,
+    db: str,
+    n: int,
+    procs: int,
+    *,
+    timeout: float,
+    opts: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Start `procs` worker processes on a ready backlog of n jobs; time until handled and acked."""
     dsn = server.dsn(db)
     remaining_sql = SYSTEMS[system]["remaining_sql"]
-    cs = consumers(system, dsn, procs)
+    cs = consumers(system, dsn, procs, opts=opts)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             t0 = time.time()
@@ -562,8 +605,11 @@ def w_drain1(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def backlog(system: str, dsn: str, n: int, timed: int = 0, timed_delay: float = 0) -> None:
-    run_driver(
+def backlog(
+    system: str, dsn: str, n: int, timed: int = 0, timed_delay: float = 0, **extra: Any
+) -> float:
+    """Fill a backlog through the driver; returns the seconds its ASAP part took to enqueue."""
+    r = run_driver(
         system,
         "backlog",
         dsn,
@@ -572,8 +618,10 @@ def backlog(system: str, dsn: str, n: int, timed: int = 0, timed_delay: float = 
             "batch": SYSTEMS[system]["bulk_batch"],
             "timed": timed,
             "timed_delay": timed_delay,
+            **extra,
         },
     )
+    return float(r["seconds"])
 
 
 def w_drain2(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
@@ -587,6 +635,97 @@ def w_drain2(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
     if "error" in d:
         return {"drain2_error": d["error"]}
     return {"drain2": d["rate"], "drain2_handled": d["rate_handled"]}
+
+
+def with_option(opts: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of consume options with the dotted `path` set to `value`."""
+    out = json.loads(json.dumps(opts))
+    parts = path.split(".")
+    target = out
+    for p in parts[:-1]:
+        target = target.setdefault(p, {})
+    target[parts[-1]] = value
+    return out
+
+
+def choose(system: str, value: Any, procs: int) -> None:
+    """Use a sweep's choice for every later workload of `system` and of the systems copying it."""
+    knob = SYSTEMS[system]["sweep"]["knob"]
+    for s, spec in SYSTEMS.items():
+        if (s == system or spec.get("sweep_from") == system) and s not in PINNED:
+            spec["consume"] = with_option(spec["consume"], knob, value)
+            spec["chosen"] = {"knob": knob, "value": value, "procs": procs, "by": system}
+
+
+def w_sweep(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
+    """Drain the same backlog with each value of the system's knob and each process count.
+
+    One round. The fastest (value, processes) pair is kept (choose) unless --config pinned the
+    system's options; the rates of all pairs are reported.
+    """
+    spec = SYSTEMS[system]["sweep"]
+    n = min(cap(system, sz["n"]), SYSTEMS[system].get("sweep_max_n", sz["n"]))
+    points = []
+    for value in spec["values"]:
+        opts = with_option(SYSTEMS[system]["consume"], spec["knob"], value)
+        for procs in spec["procs"]:
+            db = server.fresh(system)
+            dsn = server.dsn(db)
+            run_driver(system, "setup", dsn, {})
+            backlog(system, dsn, n)
+            d = drain(system, server, db, n, procs, timeout=drain_timeout(n), opts=opts)
+            server.drop(db)
+            points.append({"value": value, "procs": procs, "rate": d.get("rate"),
+                           "error": d.get("error")})  # fmt: skip
+            log(f"  sweep {spec['knob']}={value} procs={procs}: {d.get('rate') or d.get('error')}")
+    ok = [p for p in points if p["rate"]]
+    out: dict[str, Any] = {"sweep_n": n, "sweep_points": points}
+    if ok:
+        best = max(ok, key=lambda p: p["rate"])
+        choose(system, best["value"], best["procs"])
+        out.update(sweep_best=best["rate"], sweep_value=best["value"], sweep_procs=best["procs"])
+    return out
+
+
+KEYED_ROUND = [0]
+
+
+def w_keyed(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
+    """pgxjob's drain with priorities and unique keys, paired with the plain drain.
+
+    Both drain the same backlog size with one worker process, back to back on fresh databases
+    (which goes first alternates by round): the keyed backlog has sz['keyed_levels'] priority
+    levels and sz['keyed_share'] of its jobs hold distinct unique keys, both shuffled over the
+    insertion order. Reports both rates and their ratio (keyed / plain), and checks that the
+    drain released every unique key.
+    """
+    n = sz["n"]
+    kinds = ["keyed", "plain"] if KEYED_ROUND[0] % 2 == 0 else ["plain", "keyed"]
+    KEYED_ROUND[0] += 1
+    out: dict[str, Any] = {}
+    for kind in kinds:
+        extra = {}
+        if kind == "keyed":
+            extra = {"priorities": sz["keyed_levels"], "keyed_share": sz["keyed_share"]}
+        db = server.fresh(system)
+        dsn = server.dsn(db)
+        run_driver(system, "setup", dsn, {})
+        secs = backlog(system, dsn, n, **extra)
+        d = drain(system, server, db, n, 1, timeout=drain_timeout(n))
+        if kind == "keyed":
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                left = conn.execute("select count(*) from pgxjob_public.pgxjob_unique_keys")
+                out["keyed_keys_left"] = left.fetchone()[0]
+        server.drop(db)
+        name = "keyed" if kind == "keyed" else "keyed_plain"
+        if "error" in d:
+            out[f"{name}_error"] = d["error"]
+            continue
+        out[name] = d["rate"]
+        out[f"{name}_enqueue"] = n / secs
+    if out.get("keyed") and out.get("keyed_plain"):
+        out["keyed_ratio"] = out["keyed"] / out["keyed_plain"]
+    return out
 
 
 def w_scaling(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
@@ -712,9 +851,11 @@ def w_big(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
 
 
 WORKLOADS = {
+    "sweep": w_sweep,
     "single": w_single,
     "drain1": w_drain1,
     "drain2": w_drain2,
+    "keyed": w_keyed,
     "steady": w_steady,
     "latency": w_latency,
     "scaling": w_scaling,
@@ -725,12 +866,14 @@ WORKLOADS = {
 
 def applies(system: str, workload: str) -> bool:
     spec = SYSTEMS[system]
-    if spec.get("enqueue_only"):
-        return workload in ("single", "drain1")
     if spec.get("same_enqueue_as") and workload == "single":
         return False
+    if workload == "sweep":
+        return "sweep" in spec
     if "only" in spec:
         return workload in spec["only"]
+    if workload == "keyed":
+        return system == "pgxjob"
     if workload == "big":
         return system.startswith("pgxjob")
     return True
@@ -772,11 +915,9 @@ def main() -> None:
     args = ap.parse_args()
     for kv in args.config:
         path, v = kv.split("=", 1)
-        parts = path.split(".")
-        target = SYSTEMS[parts[0]]["consume"]
-        for p in parts[1:-1]:
-            target = target[p]
-        target[parts[-1]] = json.loads(v)
+        system, _, knob = path.partition(".")
+        SYSTEMS[system]["consume"] = with_option(SYSTEMS[system]["consume"], knob, json.loads(v))
+        PINNED.add(system)
 
     sz = dict(QUICK if args.quick else FULL)
     if os.environ.get("BENCH_QUICK") == "1":
@@ -807,7 +948,7 @@ def main() -> None:
             order = systems[rnd % len(systems) :] + systems[: rnd % len(systems)]
             for wl in workloads:
                 for s in order:
-                    if not applies(s, wl) or (wl in ("big", "scaling") and rnd > 0):
+                    if not applies(s, wl) or (wl in ONCE and rnd > 0):
                         continue
                     loads.append(os.getloadavg()[0])
                     log(f"round {rnd + 1}/{sz['rounds']} {wl} {s} (load {loads[-1]:.1f})")
@@ -846,7 +987,9 @@ def main() -> None:
         "configs": {
             s: {k: v for k, v in SYSTEMS[s].items() if k not in ("remaining_sql",)} for s in systems
         },
+        "pinned": sorted(PINNED & set(systems)),
         "versions": {s: versions(s) for s in systems},
+        "runtime": {s: runtime(s) for s in systems},
         "private_cluster": cluster is not None,
         "load": {"median": statistics.median(loads), "max": max(loads)} if loads else None,
     }
