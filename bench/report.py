@@ -1,7 +1,7 @@
 # ruff: noqa: E501, RUF001, RUF028
 """Turn bench/results.json into bench/RESULTS.md and the PNG plots beside it.
 
-    python bench/report.py [results.json]
+    python bench/report.py [results.json] [--dest DIR]   # DIR: where RESULTS.md and plots go
 
 bench/NOTES.md (hand-written: what limits pgxjob where it trails, and what would help) is copied
 into RESULTS.md verbatim.
@@ -9,12 +9,13 @@ into RESULTS.md verbatim.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
+DEST = BENCH  # where RESULTS.md and the plots are written (--dest)
 PGX, PGX_OFF = "pgxjob", "pgxjob-nolog"
 PEERS = ["pgqueuer", "oban", "procrastinate"]
 NAMES = {
@@ -24,7 +25,7 @@ NAMES = {
     "pgqueuer": "PgQueuer",
     "oban": "oban-py",
     "procrastinate": "procrastinate",
-    "bare": "bare psycopg",
+    "bare": "bare psycopg (raw SQL)",
 }
 SHORT = {"pgqueuer": "PgQueuer", "oban": "oban-py", "procrastinate": "procrastinate"}
 
@@ -182,6 +183,11 @@ def targets(res: dict[str, Any]) -> list[str]:
     if on and peers_best:
         row("Drain ahead of every peer, run log on",
             f"{on:,.0f} vs {peers_best:,.0f} jobs/s = {on / peers_best:.2f}×", on > peers_best)  # fmt: skip
+    if g(PGX, "keyed_ratio"):
+        row("Drain with priorities and unique keys within 10% of the plain drain",
+            f"{g(PGX, 'keyed'):,.0f} vs {g(PGX, 'keyed_plain'):,.0f} jobs/s = "
+            f"{g(PGX, 'keyed_ratio'):.2f}× (median of paired rounds)",
+            g(PGX, "keyed_ratio") >= 0.9)  # fmt: skip
     bp = best_peer(res, "bulk", True)
     if bp and g(PGX, "bulk"):
         r = g(PGX, "bulk") / bp[1]
@@ -220,6 +226,123 @@ def targets(res: dict[str, Any]) -> list[str]:
     return out
 
 
+def num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+def best_config(res: dict[str, Any], meta: dict[str, Any], system: str) -> tuple[str, int | None]:
+    """(what the configuration was, the worker process count of the headline drain)."""
+    chosen = meta["configs"].get(system, {}).get("chosen")
+    if chosen:
+        src = "" if chosen["by"] == system else f", {NAMES.get(chosen['by'], chosen['by'])}'s"
+        how = f"`{chosen['knob']}={json.dumps(chosen['value'])}`, {chosen['procs']} process"
+        how += ("es" if chosen["procs"] > 1 else "") + f" (sweep{src})"
+        return how, chosen["procs"]
+    d1, d2 = res.get(system, {}).get("drain1"), res.get(system, {}).get("drain2")
+    if not num(d1) and not num(d2):
+        return "n/a", None
+    procs = 2 if num(d2) and (not num(d1) or d2 >= d1) else 1
+    pinned = " (`--config`)" if system in meta.get("pinned", []) else " (no sweep in this run)"
+    return "as configured" + pinned, procs
+
+
+def raw_limit(res: dict[str, Any]) -> float | None:
+    """Bare psycopg's claim-and-delete drain with 2 processes at its best batch size."""
+    v = res.get("bare", {}).get("drain2")
+    return v if num(v) else None
+
+
+def share(v: Any, limit: float | None) -> str:
+    return f"{v / limit:.0%}" if num(v) and limit else "n/a"
+
+
+def headline(res: dict[str, Any], meta: dict[str, Any], systems: list[str]) -> list[str]:
+    limit = raw_limit(res)
+    lines = [
+        "| System | Best configuration found | Drain in it, jobs/s | Share of the raw SQL limit |"
+        " Drain, 1 process (share) | Drain, 2 processes (share) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in (PGX, PGX_OFF, *PEERS, "bare"):
+        if s not in systems:
+            continue
+        how, procs = best_config(res, meta, s)
+        r = res.get(s, {})
+        best = r.get(f"drain{procs}") if procs else None
+        cells = [NAMES[s], how, fmt(best if num(best) else None, 0), share(best, limit)]
+        for k in ("drain1", "drain2"):
+            cells.append(
+                f"{fmt(r.get(k) if num(r.get(k)) else None, 0)} ({share(r.get(k), limit)})"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def sweep_table(res: dict[str, Any], meta: dict[str, Any], systems: list[str]) -> list[str]:
+    lines = ["| System | Knob | Value | 1 process, jobs/s | 2 processes, jobs/s |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for s in (PGX, *PEERS, "bare"):
+        points = res.get(s, {}).get("sweep_points") if s in systems else None
+        if not points:
+            continue
+        spec = meta["configs"][s]["sweep"]
+        best = (res[s].get("sweep_value"), res[s].get("sweep_procs"))
+        for value in spec["values"]:
+            cells = [NAMES[s], f"`{spec['knob']}`", json.dumps(value)]
+            for procs in (1, 2):
+                p = [x for x in points if x["value"] == value and x["procs"] == procs]
+                if not p:
+                    cells.append("–")
+                    continue
+                txt = fmt(p[0]["rate"], 0) if p[0]["rate"] else "failed"
+                cells.append(f"**{txt}**" if (value, procs) == best else txt)
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def keyed_table(res: dict[str, Any]) -> list[str]:
+    r = res.get(PGX, {})
+    if not num(r.get("keyed")):
+        return []
+    ratio_runs = r.get("keyed_ratio__runs") or []
+    rng = f" ({min(ratio_runs):.2f}–{max(ratio_runs):.2f})" if len(ratio_runs) > 1 else ""
+    return [
+        "| pgxjob (run log on), 1 worker process | Plain drain | With priorities and unique keys"
+        " | Keyed ÷ plain |",
+        "|---|---|---|---|",
+        f"| Drain, jobs/s | {fmt(r.get('keyed_plain'), 0)}{spread(res, PGX, 'keyed_plain')} | "
+        f"{fmt(r.get('keyed'), 0)}{spread(res, PGX, 'keyed')} | {r.get('keyed_ratio', 0):.2f}×{rng} |",
+        f"| Enqueue of that backlog, jobs/s | {fmt(r.get('keyed_plain_enqueue'), 0)} | "
+        f"{fmt(r.get('keyed_enqueue'), 0)} | "
+        + (
+            f"{r['keyed_enqueue'] / r['keyed_plain_enqueue']:.2f}×"
+            if num(r.get("keyed_plain_enqueue")) and num(r.get("keyed_enqueue"))
+            else "n/a"
+        )
+        + " |",
+    ]
+
+
+def runtime_table(meta: dict[str, Any]) -> list[str]:
+    rt = meta.get("runtime")
+    if not rt:
+        out = ["| System | Versions (own virtualenv under .bench/) |", "|---|---|"]
+        for s, v in meta["versions"].items():
+            out.append(
+                f"| {NAMES.get(s, s)} | " + ", ".join(f"{k} {x}" for k, x in v.items()) + " |"
+            )
+        return out
+    out = ["| System | Driver | Client | Library build | libpq | Python | Packages |",
+           "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for s, info in rt.items():
+        pk = ", ".join(f"{k} {x}" for k, x in info.get("versions", {}).items() if k != "python")
+        out.append(
+            f"| {NAMES.get(s, s)} | `bench/drivers/{info.get('driver')}` | {info.get('client')} | "
+            f"{info.get('impl')} | {info.get('libpq')} | {info.get('python')} | {pk} |"
+        )
+    return out
+
+
 def plots(data: dict[str, Any]) -> list[str]:
     try:
         import matplotlib
@@ -251,7 +374,7 @@ def plots(data: dict[str, Any]) -> list[str]:
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(BENCH / "throughput.png", dpi=110)
+    fig.savefig(DEST / "throughput.png", dpi=110)
     plt.close(fig)
     made.append("throughput.png")
 
@@ -272,7 +395,7 @@ def plots(data: dict[str, Any]) -> list[str]:
         ax.grid(axis="y", alpha=0.3)
         plt.setp(ax.get_xticklabels(), rotation=15)
         fig.tight_layout()
-        fig.savefig(BENCH / "bulk.png", dpi=110)
+        fig.savefig(DEST / "bulk.png", dpi=110)
         plt.close(fig)
         made.append("bulk.png")
 
@@ -293,7 +416,7 @@ def plots(data: dict[str, Any]) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(BENCH / "latency.png", dpi=110)
+    fig.savefig(DEST / "latency.png", dpi=110)
     plt.close(fig)
     made.append("latency.png")
 
@@ -311,7 +434,7 @@ def plots(data: dict[str, Any]) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(BENCH / "scaling.png", dpi=110)
+    fig.savefig(DEST / "scaling.png", dpi=110)
     plt.close(fig)
     made.append("scaling.png")
 
@@ -329,14 +452,21 @@ def plots(data: dict[str, Any]) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(BENCH / "memory.png", dpi=110)
+    fig.savefig(DEST / "memory.png", dpi=110)
     plt.close(fig)
     made.append("memory.png")
     return made
 
 
 def main() -> None:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else BENCH / "results.json"
+    global DEST
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("results", nargs="?", default=str(BENCH / "results.json"))
+    ap.add_argument("--dest", default=str(BENCH), help="directory for RESULTS.md and the plots")
+    args = ap.parse_args()
+    DEST = Path(args.dest)
+    DEST.mkdir(parents=True, exist_ok=True)
+    path = Path(args.results)
     data = json.loads(path.read_text())
     res, meta = data["results"], data["meta"]
     systems = list(res)
@@ -355,14 +485,60 @@ def main() -> None:
         "second ratio is pgxjob with the run log off."
     )
     L.append("")
+    L.append("## Headline: each system in its best configuration")
+    L.append("")
+    L.append(
+        "Each system's configuration is the fastest its sweep found (below), and every workload "
+        "of the run used it. The drain is the median over the rounds of the drain workload with "
+        "that many worker processes. **The raw SQL limit** is bare psycopg draining the same "
+        "backlog with 2 processes, each claiming a batch with `update ... for update skip locked` "
+        "and deleting it (no job runner, no listener, no run log), at its best batch size: a "
+        "share of it reads as the part of what this server can do for a queue table that the "
+        "system delivers."
+    )
+    L.append("")
+    L.extend(headline(res, meta, systems))
+    L.append("")
     L.append("## Results")
     L.append("")
     L.extend(table(res, systems))
     L.append("")
+    keyed = keyed_table(res)
+    if keyed:
+        L.append("## pgxjob drain with priorities and unique keys")
+        L.append("")
+        L.append(
+            f"The same backlog size ({sz['n']:,}) drained by one worker process: jobs spread "
+            f"over {sz.get('keyed_levels', 5)} priority levels and {sz.get('keyed_share', 0.5):.0%} "
+            "of them holding distinct unique keys, both shuffled over the insertion order (so "
+            "fetch follows the priority index, not the id order, and every keyed job's key is "
+            "released when it is acknowledged), next to a plain drain of the same size run just "
+            "before or after it in the same round. The ratio is the median of the rounds' ratios "
+            f"(range in brackets). Unique keys left after the keyed drain: {res[PGX].get('keyed_keys_left', 'n/a')}."
+        )
+        L.append("")
+        L.extend(keyed)
+        L.append("")
     L.append("## Issue 5 targets")
     L.append("")
     L.extend(targets(res))
     L.append("")
+    sweep = sweep_table(res, meta, systems)
+    if len(sweep) > 2:
+        caps = [f"{NAMES[s]} {c['sweep_max_n']:,}" for s, c in meta["configs"].items()
+                if c.get("sweep_max_n")]  # fmt: skip
+        L.append("## Configuration sweep")
+        L.append("")
+        L.append(
+            f"One round, run first: each system drains the same backlog ({sz['n']:,} jobs; "
+            f"capped: {', '.join(caps) or 'none'}) once per knob value and worker process count. "
+            "The fastest (bold) is kept for every later workload of the run; pgxjob (run log "
+            "off) takes pgxjob's choice. The raw SQL limit sweeps its batch size with 2 "
+            "processes only."
+        )
+        L.append("")
+        L.extend(sweep)
+        L.append("")
     L.append("## Drain speed by backlog size")
     L.append("")
     L.extend(scaling_table(res, systems, scaling_sizes(data)))
@@ -445,20 +621,23 @@ def main() -> None:
             "numbers are noisy; the interleaved rounds and medians are what make the ratios comparable."
         )
     L.append("")
-    L.append("## Versions")
+    L.append("## What each system ran on")
     L.append("")
-    L.append("| System | Versions (own virtualenv under .bench/) |")
-    L.append("|---|---|")
-    for s, v in meta["versions"].items():
-        L.append(f"| {NAMES.get(s, s)} | " + ", ".join(f"{k} {x}" for k, x in v.items()) + " |")
+    L.append(
+        "Each system in its own virtualenv under `.bench/`, through its driver. The library build "
+        "is read inside that virtualenv: `psycopg.pq.__impl__` for psycopg, and for asyncpg "
+        "(which speaks the protocol itself, without libpq) whether its protocol module is compiled."
+    )
+    L.append("")
+    L.extend(runtime_table(meta))
     L.append("")
     L.append("## Configurations")
     L.append("")
     for s, c in meta["configs"].items():
         L.append(f"- **{NAMES.get(s, s)}**: `{json.dumps(c)}`")
     L.append("")
-    (BENCH / "RESULTS.md").write_text("\n".join(L) + "\n")
-    print(f"wrote {BENCH / 'RESULTS.md'} and {', '.join(made)}")
+    (DEST / "RESULTS.md").write_text("\n".join(L) + "\n")
+    print(f"wrote {DEST / 'RESULTS.md'} and {', '.join(made)}")
 
 
 if __name__ == "__main__":

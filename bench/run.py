@@ -1002,7 +1002,9 @@ def main() -> None:
     Path(args.out).write_text(json.dumps({"meta": meta, "results": summary}, indent=1))
     log(f"wrote {args.out} in {meta['elapsed_s']} s")
     if not args.no_report:
-        subprocess.run([sys.executable, str(BENCH / "report.py"), args.out], check=False)
+        dest = str(Path(args.out).resolve().parent)
+        subprocess.run([sys.executable, str(BENCH / "report.py"), args.out, "--dest", dest],
+                       check=False)  # fmt: skip
 
 
 if __name__ == "__main__":
