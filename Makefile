@@ -69,7 +69,9 @@ clean:
 	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache
 
 ## The README's first command: the example shop (examples/shop) with 20,000 orders, on the
-## embedded PostgreSQL in .pgxjob/pg, or on the database of DATABASE_URL when it is set.
+## embedded PostgreSQL in .pgxjob/pg, or on the database of DATABASE_URL when it is set. The
+## shop's payment gateway fails on purpose; the progress line counts those retries, and the log
+## shows only errors (a worker logs each retry as a warning, with its traceback).
 ORDERS ?= 20000
 PGXJOB := $(VENV)/bin/pgxjob
 
@@ -77,7 +79,7 @@ run: venv
 	$(PGXJOB) migrate
 	$(PY) -m examples.shop load --orders $(ORDERS)
 	$(PGXJOB) worker examples.shop.app:scheduler --group default --group emails \
-	  --concurrency 16 --until-empty --progress
+	  --concurrency 16 --until-empty --progress --log-level error
 	$(PY) -m examples.shop report
 
 ## Helpers for the example: its workers alone (until Ctrl-C), its queue, and the embedded server.
