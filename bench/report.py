@@ -253,7 +253,9 @@ def raw_limit(res: dict[str, Any]) -> float | None:
 
 
 def share(v: Any, limit: float | None) -> str:
-    return f"{v / limit:.0%}" if num(v) and limit else "n/a"
+    if not num(v) or not limit:
+        return "n/a"
+    return f"{v / limit:.0%}" if v / limit >= 0.1 else f"{v / limit:.1%}"
 
 
 def headline(res: dict[str, Any], meta: dict[str, Any], systems: list[str]) -> list[str]:
@@ -512,8 +514,9 @@ def main() -> None:
             f"over {sz.get('keyed_levels', 5)} priority levels and {sz.get('keyed_share', 0.5):.0%} "
             "of them holding distinct unique keys, both shuffled over the insertion order (so "
             "fetch follows the priority index, not the id order, and every keyed job's key is "
-            "released when it is acknowledged), next to a plain drain of the same size run just "
-            "before or after it in the same round. The ratio is the median of the rounds' ratios "
+            "released when it is acknowledged), next to a plain drain of the same size, each "
+            "twice per round in the order keyed, plain, plain, keyed (mirrored every other round), "
+            "rates averaged per kind. The ratio is the median of the rounds' ratios "
             f"(range in brackets). Unique keys left after the keyed drain: {res[PGX].get('keyed_keys_left', 'n/a')}."
         )
         L.append("")

@@ -693,16 +693,21 @@ KEYED_ROUND = [0]
 def w_keyed(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
     """pgxjob's drain with priorities and unique keys, paired with the plain drain.
 
-    Both drain the same backlog size with one worker process, back to back on fresh databases
-    (which goes first alternates by round): the keyed backlog has sz['keyed_levels'] priority
-    levels and sz['keyed_share'] of its jobs hold distinct unique keys, both shuffled over the
-    insertion order. Reports both rates and their ratio (keyed / plain), and checks that the
-    drain released every unique key.
+    Both drain the same backlog size with one worker process on fresh databases, twice each in
+    the order keyed, plain, plain, keyed (mirrored in every other round), so that a drift of the
+    host's load during the round weighs on both alike. The keyed backlog has sz['keyed_levels']
+    priority levels and sz['keyed_share'] of its jobs hold distinct unique keys, both shuffled
+    over the insertion order. Reports the mean rate of each kind and their ratio (keyed / plain),
+    and checks that the drains released every unique key.
     """
     n = sz["n"]
-    kinds = ["keyed", "plain"] if KEYED_ROUND[0] % 2 == 0 else ["plain", "keyed"]
+    kinds = ["keyed", "plain", "plain", "keyed"]
+    if KEYED_ROUND[0] % 2:
+        kinds.reverse()
     KEYED_ROUND[0] += 1
-    out: dict[str, Any] = {}
+    rates: dict[str, list[float]] = {"keyed": [], "keyed_plain": []}
+    enqueue: dict[str, list[float]] = {"keyed": [], "keyed_plain": []}
+    out: dict[str, Any] = {"keyed_keys_left": 0}
     for kind in kinds:
         extra = {}
         if kind == "keyed":
@@ -715,14 +720,18 @@ def w_keyed(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
         if kind == "keyed":
             with psycopg.connect(dsn, autocommit=True) as conn:
                 left = conn.execute("select count(*) from pgxjob_public.pgxjob_unique_keys")
-                out["keyed_keys_left"] = left.fetchone()[0]
+                out["keyed_keys_left"] += left.fetchone()[0]
         server.drop(db)
         name = "keyed" if kind == "keyed" else "keyed_plain"
         if "error" in d:
             out[f"{name}_error"] = d["error"]
             continue
-        out[name] = d["rate"]
-        out[f"{name}_enqueue"] = n / secs
+        rates[name].append(d["rate"])
+        enqueue[name].append(n / secs)
+    for name in rates:
+        if rates[name]:
+            out[name] = statistics.mean(rates[name])
+            out[f"{name}_enqueue"] = statistics.mean(enqueue[name])
     if out.get("keyed") and out.get("keyed_plain"):
         out["keyed_ratio"] = out["keyed"] / out["keyed_plain"]
     return out
@@ -999,6 +1008,7 @@ def main() -> None:
         meta["postgres"] = server.version()
         meta["pg_settings"] = server.settings()
         cluster.stop()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "results": summary}, indent=1))
     log(f"wrote {args.out} in {meta['elapsed_s']} s")
     if not args.no_report:
