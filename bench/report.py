@@ -517,7 +517,7 @@ def main() -> None:
             "released when it is acknowledged), next to a plain drain of the same size, each "
             "twice per round in the order keyed, plain, plain, keyed (mirrored every other round), "
             "rates averaged per kind. The ratio is the median of the rounds' ratios "
-            f"(range in brackets). Unique keys left after the keyed drain: {res[PGX].get('keyed_keys_left', 'n/a')}."
+            f"(range in brackets). Unique keys left after the keyed drains: {fmt(res[PGX].get('keyed_keys_left'), 0)}."
         )
         L.append("")
         L.extend(keyed)
