@@ -6,7 +6,7 @@ through a driver script in bench/drivers/, against a fresh scratch database per 
 round. By default a private PostgreSQL 15 cluster is started under .bench/pgdata (so that WAL
 counts and CPU are not shared with other users of the host's server); --dsn uses another server.
 
-    python bench/run.py                 # full run (about 20 minutes on 2 cores)
+    python bench/run.py                 # full run (about 25 minutes on 2 cores)
     python bench/run.py --quick         # small sizes, one round: a smoke test
     python bench/run.py --only pgxjob,pgqueuer --workloads drain1,latency
 
