@@ -9,6 +9,7 @@ from __future__ import annotations
 from pgxjob.context import ctx
 from pgxjob.errors import (
     InvalidArgumentError,
+    InvalidCronError,
     InvalidNameError,
     NotReadyError,
     PgxjobError,
@@ -33,6 +34,7 @@ from pgxjob.jobs import (
     log_final_job_runs,
     unmarshal_params,
 )
+from pgxjob.periodic import PeriodicJob
 from pgxjob.queries import PG_NOTIFY_CHANNEL
 from pgxjob.results import UnrecordableResultError
 from pgxjob.scheduler import Scheduler, acquire_conn_from_pool
@@ -44,6 +46,7 @@ __all__ = [
     "ErrorFilterFunc",
     "ErrorWithRetry",
     "InvalidArgumentError",
+    "InvalidCronError",
     "InvalidNameError",
     "Job",
     "JobCancelled",
@@ -53,6 +56,7 @@ __all__ = [
     "NoHandlerError",
     "NotReadyError",
     "ParamsError",
+    "PeriodicJob",
     "PgxjobError",
     "RetryLinearBackoffErrorFilter",
     "Scheduler",

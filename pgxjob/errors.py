@@ -6,6 +6,7 @@ import psycopg
 
 __all__ = [
     "InvalidArgumentError",
+    "InvalidCronError",
     "InvalidNameError",
     "NotReadyError",
     "PgxjobError",
@@ -40,6 +41,10 @@ class InvalidArgumentError(PgxjobError, ValueError):
     """An argument of a pgxjob SQL function is out of range (SQLSTATE PJ005)."""
 
 
+class InvalidCronError(PgxjobError, ValueError):
+    """A cron expression or its time zone cannot be used (SQLSTATE PJ007)."""
+
+
 class SchemaVersionError(PgxjobError):
     """The database's pgxjob schema is missing, or newer than this version of pgxjob."""
 
@@ -54,6 +59,7 @@ SQLSTATE_ERRORS: dict[str, type[PgxjobError]] = {
     "PJ003": InvalidNameError,
     "PJ004": WorkerNotRegisteredError,
     "PJ005": InvalidArgumentError,
+    "PJ007": InvalidCronError,
 }
 
 

@@ -174,6 +174,56 @@ def schedule_many(
     return [int(row[0]) for row in rows]
 
 
+def schedule_periodic(
+    conn: psycopg.Connection[Any],
+    name: str,
+    cron: str,
+    job_type: str,
+    params_json: str | None,
+    group_name: str | None,
+    time_zone: str,
+    priority: int,
+) -> int:
+    return int(
+        _scalar(
+            conn,
+            "select {}pgxjob_schedule_periodic(%s::text, %s::text, %s::text, %s::json, %s::text,"
+            " %s::text, %s::int)",
+            (name, cron, job_type, params_json, group_name, time_zone, priority),
+        )
+    )
+
+
+def unschedule_periodic(conn: psycopg.Connection[Any], name: str) -> bool:
+    return bool(_scalar(conn, "select {}pgxjob_unschedule_periodic(%s::text)", (name,)))
+
+
+class PeriodicJobStatus(NamedTuple):
+    """One row of pgxjob_periodic_job_status."""
+
+    name: str
+    cron: str
+    time_zone: str
+    job_type: str | None
+    group_name: str
+    priority: int
+    next_fire_at: dt.datetime
+    last_fired_at: dt.datetime | None
+    last_job_id: int | None
+
+
+def periodic_job_status(conn: psycopg.Connection[Any]) -> list[PeriodicJobStatus]:
+    with translated_errors():
+        rows = conn.execute(
+            _sql(
+                conn,
+                "select name, cron, time_zone, job_type, group_name, priority, next_fire_at,"
+                " last_fired_at, last_job_id from {}pgxjob_periodic_job_status()",
+            )
+        ).fetchall()
+    return [PeriodicJobStatus(*row) for row in rows]
+
+
 def cancel_job(conn: psycopg.Connection[Any], job_id: int) -> str:
     """'cancelled', 'cancel_requested' or 'not_found'."""
     return str(_scalar(conn, "select {}pgxjob_cancel_job(%s::bigint)", (job_id,)))

@@ -23,9 +23,10 @@ from psycopg_pool import ConnectionPool
 from pgxjob import context, migrations, queries
 from pgxjob.context import ctx
 from pgxjob.durations import Seconds, seconds
-from pgxjob.errors import NotReadyError, SchemaVersionError
+from pgxjob.errors import NotReadyError, PgxjobError, SchemaVersionError
 from pgxjob.jobs import JobGroup, JobType, JobTypeConfig
 from pgxjob.listener import Listener
+from pgxjob.periodic import PeriodicJob
 from pgxjob.supervise import ErrorReporter, safe_reporter
 from pgxjob.worker import ShouldLogJobRun, Worker
 
@@ -171,6 +172,7 @@ class Scheduler:
         setup_timeout: Seconds = 30.0,
         schema: str = "public",
         register: bool = True,
+        periodic_jobs: Iterable[PeriodicJob] = (),
     ) -> None:
         if not isinstance(schema, str) or not schema:
             raise ValueError(f"schema must be a non-empty string, got {schema!r}")
@@ -237,6 +239,21 @@ class Scheduler:
         self._workers: list[Worker] = []
         self._listener: Listener | None = None
         self._pool_closed = False
+        self._periodic_jobs: dict[str, PeriodicJob] = {}
+        for periodic in periodic_jobs:
+            if not isinstance(periodic, PeriodicJob):
+                raise TypeError(f"periodic_jobs must hold PeriodicJob values, got {periodic!r}")
+            if periodic.name in self._periodic_jobs:
+                raise ValueError(f"duplicate periodic job name {periodic.name!r} in periodic_jobs")
+            self._periodic_jobs[periodic.name] = periodic
+        self._periodic_params = {
+            name: encode_params(periodic.params) for name, periodic in self._periodic_jobs.items()
+        }
+        if not register and self._periodic_jobs:
+            raise ValueError(
+                "a Scheduler with register=False only schedules; declare periodic_jobs in the "
+                "Scheduler of the process that runs the workers"
+            )
         if not register and self._type_configs:
             raise ValueError(
                 "a Scheduler with register=False only schedules; give job_types to the "
@@ -410,6 +427,7 @@ class Scheduler:
                         types[config.name] = JobType(
                             type_id, config.name, groups[config.default_group_name], config.run_job
                         )
+                    self._declare_periodic_jobs(conn)
                 self._groups, self._types = groups, types
                 self._ready.set()
                 return
@@ -430,6 +448,25 @@ class Scheduler:
                     delay = 0.05
                 else:
                     delay = min(delay * 2, 5.0)
+
+    def _declare_periodic_jobs(self, conn: psycopg.Connection[Any]) -> None:
+        # A schedule the database refuses (a bad cron expression, an unknown job type) is
+        # reported and left out; the others, and the scheduler, go on.
+        for name, periodic in self._periodic_jobs.items():
+            try:
+                with conn.transaction():
+                    queries.schedule_periodic(
+                        conn,
+                        name,
+                        periodic.cron,
+                        periodic.job_type,
+                        self._periodic_params[name],
+                        periodic.group_name,
+                        periodic.time_zone,
+                        periodic.priority,
+                    )
+            except PgxjobError as exc:
+                self._report_error(exc)
 
     def _report_not_migrated(self, exc: SchemaVersionError) -> None:
         if self.handle_error is _log_error:

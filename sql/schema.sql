@@ -812,6 +812,15 @@ begin
             hint = 'The worker was reaped or unregistered; register it again.';
   end if;
 
+  -- Due periodic schedules of the group become ASAP jobs first, in this transaction, so this
+  -- fetch can claim them. One index probe when none is due.
+  if exists (
+    select 1 from pgxjob_periodic_jobs p
+    where p.group_id = v_group_id and p.next_fire_at <= v_now
+  ) then
+    perform pgxjob_fire_periodic_jobs(v_group_id, v_now);
+  end if;
+
   -- Due timed jobs, one priority level at a time from the highest: each level is one range scan
   -- of the priority fetch index that stops at its first job not yet due, so jobs scheduled later
   -- cost nothing. skip locked: concurrent fetchers take disjoint rows.
@@ -951,6 +960,55 @@ end;
 $$;
 
 --
+-- Name: pgxjob_fire_periodic_jobs(integer, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_fire_periodic_jobs(p_group_id integer, p_now timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+declare
+  v_schedule record;
+  v_job_id bigint;
+  v_fired int := 0;
+begin
+  for v_schedule in
+    select p.id, p.cron, p.time_zone, p.type_id, p.params, p.priority, p.next_fire_at, g.name
+    from pgxjob_periodic_jobs p
+    join pgxjob_groups g on g.id = p.group_id
+    where p.group_id = p_group_id
+      and p.next_fire_at <= p_now
+    order by p.next_fire_at, p.id
+    for update of p skip locked
+  loop
+    begin
+      v_job_id := pgxjob_insert_job(v_schedule.type_id, p_group_id, v_schedule.name,
+                                    v_schedule.params, null, v_schedule.priority, null);
+      update pgxjob_periodic_jobs p
+      set next_fire_at = pgxjob_cron_next(v_schedule.cron,
+                                          greatest(p_now, v_schedule.next_fire_at),
+                                          v_schedule.time_zone),
+          last_fired_at = v_schedule.next_fire_at,
+          last_job_id = v_job_id
+      where p.id = v_schedule.id;
+      v_fired := v_fired + 1;
+    exception
+      when others then
+        -- A schedule that cannot fire (its time zone left the tz database, say) must not stop
+        -- every fetch of its group: it is parked until pgxjob_schedule_periodic fixes it.
+        update pgxjob_periodic_jobs p
+        set next_fire_at = 'infinity'
+        where p.id = v_schedule.id;
+        raise warning 'pgxjob: periodic job % cannot fire (%); it is parked until scheduled again',
+          v_schedule.id, sqlerrm;
+    end;
+  end loop;
+
+  return v_fired;
+end;
+$$;
+
+--
 -- Name: pgxjob_grant_application(name); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
@@ -1034,6 +1092,7 @@ CREATE FUNCTION pgxjob_public.pgxjob_grant_worker(role_name name) RETURNS SETOF 
     array[
       'pgxjob_register_group', 'pgxjob_register_job_type',
       'pgxjob_schedule', 'pgxjob_schedule_many', 'pgxjob_cancel_job', 'pgxjob_cancel_requests',
+      'pgxjob_schedule_periodic', 'pgxjob_unschedule_periodic', 'pgxjob_periodic_job_status',
       'pgxjob_register_worker', 'pgxjob_worker_heartbeat', 'pgxjob_reap_dead_workers',
       'pgxjob_unregister_worker', 'pgxjob_fetch_jobs', 'pgxjob_next_run_in',
       'pgxjob_release_unknown_jobs',
@@ -1232,12 +1291,18 @@ begin
     return null;
   end if;
 
-  -- A job at 'infinity' never falls due.
-  select min(j.next_run_at) into v_next
-  from pgxjob_run_at_jobs j
-  where j.group_id = v_group_id
-    and j.worker_id is null
-    and j.next_run_at < 'infinity';
+  -- A job or schedule at 'infinity' never falls due. Each minimum is one index probe.
+  select least(
+    (select min(j.next_run_at)
+     from pgxjob_run_at_jobs j
+     where j.group_id = v_group_id
+       and j.worker_id is null
+       and j.next_run_at < 'infinity'),
+    (select min(p.next_fire_at)
+     from pgxjob_periodic_jobs p
+     where p.group_id = v_group_id
+       and p.next_fire_at < 'infinity')
+  ) into v_next;
 
   if v_next is null then
     return null;
@@ -1247,6 +1312,25 @@ begin
 
   return make_interval(secs => greatest(-3.15e9, least(3.15e9,
     (extract(epoch from v_next) - extract(epoch from p_now))::double precision)));
+end;
+$$;
+
+--
+-- Name: pgxjob_periodic_job_status(); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_periodic_job_status() RETURNS TABLE(name text, cron text, time_zone text, job_type text, group_name text, priority integer, next_fire_at timestamp with time zone, last_fired_at timestamp with time zone, last_job_id bigint)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+begin
+  return query
+  select p.name, p.cron, p.time_zone, t.name, g.name, p.priority,
+    nullif(p.next_fire_at, 'infinity'), p.last_fired_at, p.last_job_id
+  from pgxjob_periodic_jobs p
+  join pgxjob_groups g on g.id = p.group_id
+  left join pgxjob_job_types t on t.id = p.type_id
+  order by p.name;
 end;
 $$;
 
@@ -1969,6 +2053,58 @@ end;
 $$;
 
 --
+-- Name: pgxjob_schedule_periodic(text, text, text, json, text, text, integer); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_schedule_periodic(name text, cron text, job_type text, params json DEFAULT NULL::json, group_name text DEFAULT NULL::text, time_zone text DEFAULT 'UTC'::text, priority integer DEFAULT 0) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+#variable_conflict use_variable
+declare
+  v_target record;
+  v_next timestamptz;
+  v_id bigint;
+begin
+  perform pgxjob_check_name('periodic job name', name);
+  v_target := pgxjob_resolve_job_target(job_type, group_name);
+  if cron is null or time_zone is null then
+    raise exception 'pgxjob: cron and time_zone must not be null'
+      using errcode = 'PJ007',
+            hint = 'Pass a cron expression such as ''*/5 * * * *'' and a zone such as ''UTC''.';
+  end if;
+  v_next := pgxjob_cron_next(cron, now(), time_zone);
+
+  insert into pgxjob_periodic_jobs as p (
+    name, cron, time_zone, type_id, group_id, params, priority, next_fire_at
+  )
+  values (
+    name, cron, time_zone, v_target.type_id, v_target.group_id, params, coalesce(priority, 0),
+    v_next
+  )
+  on conflict on constraint pgxjob_periodic_jobs_name_key do update
+    set cron = excluded.cron,
+        time_zone = excluded.time_zone,
+        type_id = excluded.type_id,
+        group_id = excluded.group_id,
+        params = excluded.params,
+        priority = excluded.priority,
+        next_fire_at = case
+          when p.cron = excluded.cron and p.time_zone = excluded.time_zone
+            and p.group_id = excluded.group_id
+          then p.next_fire_at
+          else excluded.next_fire_at
+        end,
+        updated_at = now()
+  returning p.id into v_id;
+
+  -- Idle workers of the group move their wake-up to the schedule's next fire time.
+  perform pg_notify('pgxjob_timed_job_scheduled', v_target.resolved_group_name);
+  return v_id;
+end;
+$$;
+
+--
 -- Name: pgxjob_schema_version(); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
@@ -2060,6 +2196,21 @@ begin
   end if;
 
   return true;
+end;
+$$;
+
+--
+-- Name: pgxjob_unschedule_periodic(text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_unschedule_periodic(name text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+#variable_conflict use_variable
+begin
+  delete from pgxjob_periodic_jobs p where p.name = name;
+  return found;
 end;
 $$;
 
@@ -2205,6 +2356,15 @@ CREATE FUNCTION public.pgxjob_next_run_in(p_worker_id integer, p_now timestamp w
 select pgxjob_public.pgxjob_next_run_in($1, $2)$_$;
 
 --
+-- Name: pgxjob_periodic_job_status(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_periodic_job_status() RETURNS TABLE(name text, cron text, time_zone text, job_type text, group_name text, priority integer, next_fire_at timestamp with time zone, last_fired_at timestamp with time zone, last_job_id bigint)
+    LANGUAGE sql STABLE
+    AS $$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_periodic_job_status()$$;
+
+--
 -- Name: pgxjob_prune_job_runs(interval); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2295,6 +2455,15 @@ CREATE FUNCTION public.pgxjob_schedule_many(job_type text, params json[], group_
 select * from pgxjob_public.pgxjob_schedule_many($1, $2, $3, $4, $5, $6)$_$;
 
 --
+-- Name: pgxjob_schedule_periodic(text, text, text, json, text, text, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_schedule_periodic(name text, cron text, job_type text, params json DEFAULT NULL::json, group_name text DEFAULT NULL::text, time_zone text DEFAULT 'UTC'::text, priority integer DEFAULT 0) RETURNS bigint
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_schedule_periodic($1, $2, $3, $4, $5, $6, $7)$_$;
+
+--
 -- Name: pgxjob_status(integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2311,6 +2480,15 @@ CREATE FUNCTION public.pgxjob_unregister_worker(p_worker_id integer) RETURNS boo
     LANGUAGE sql
     AS $_$-- pgxjob wrapper
 select pgxjob_public.pgxjob_unregister_worker($1)$_$;
+
+--
+-- Name: pgxjob_unschedule_periodic(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_unschedule_periodic(name text) RETURNS boolean
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_unschedule_periodic($1)$_$;
 
 --
 -- Name: pgxjob_worker_heartbeat(integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
@@ -2437,6 +2615,39 @@ ALTER TABLE pgxjob_public.pgxjob_job_types ALTER COLUMN id ADD GENERATED BY DEFA
 );
 
 --
+-- Name: pgxjob_periodic_jobs; Type: TABLE; Schema: pgxjob_public; Owner: -
+--
+
+CREATE TABLE pgxjob_public.pgxjob_periodic_jobs (
+    id bigint NOT NULL,
+    name text NOT NULL,
+    cron text NOT NULL,
+    time_zone text NOT NULL,
+    type_id integer NOT NULL,
+    group_id integer NOT NULL,
+    params json,
+    priority integer DEFAULT 0 NOT NULL,
+    next_fire_at timestamp with time zone NOT NULL,
+    last_fired_at timestamp with time zone,
+    last_job_id bigint,
+    inserted_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: pgxjob_periodic_jobs_id_seq; Type: SEQUENCE; Schema: pgxjob_public; Owner: -
+--
+
+ALTER TABLE pgxjob_public.pgxjob_periodic_jobs ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY (
+    SEQUENCE NAME pgxjob_public.pgxjob_periodic_jobs_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
 -- Name: pgxjob_run_at_jobs; Type: TABLE; Schema: pgxjob_public; Owner: -
 --
 
@@ -2554,6 +2765,20 @@ ALTER TABLE ONLY pgxjob_public.pgxjob_job_types
     ADD CONSTRAINT pgxjob_job_types_pkey PRIMARY KEY (id);
 
 --
+-- Name: pgxjob_periodic_jobs pgxjob_periodic_jobs_name_key; Type: CONSTRAINT; Schema: pgxjob_public; Owner: -
+--
+
+ALTER TABLE ONLY pgxjob_public.pgxjob_periodic_jobs
+    ADD CONSTRAINT pgxjob_periodic_jobs_name_key UNIQUE (name);
+
+--
+-- Name: pgxjob_periodic_jobs pgxjob_periodic_jobs_pkey; Type: CONSTRAINT; Schema: pgxjob_public; Owner: -
+--
+
+ALTER TABLE ONLY pgxjob_public.pgxjob_periodic_jobs
+    ADD CONSTRAINT pgxjob_periodic_jobs_pkey PRIMARY KEY (id);
+
+--
 -- Name: pgxjob_run_at_jobs pgxjob_run_at_jobs_pkey; Type: CONSTRAINT; Schema: pgxjob_public; Owner: -
 --
 
@@ -2600,6 +2825,12 @@ CREATE INDEX pgxjob_asap_jobs_worker_id_idx ON pgxjob_public.pgxjob_asap_jobs US
 CREATE INDEX pgxjob_job_runs_finished_at_idx ON pgxjob_public.pgxjob_job_runs USING brin (finished_at);
 
 --
+-- Name: pgxjob_periodic_jobs_due_idx; Type: INDEX; Schema: pgxjob_public; Owner: -
+--
+
+CREATE INDEX pgxjob_periodic_jobs_due_idx ON pgxjob_public.pgxjob_periodic_jobs USING btree (group_id, next_fire_at);
+
+--
 -- Name: pgxjob_run_at_jobs_fetch_idx; Type: INDEX; Schema: pgxjob_public; Owner: -
 --
 
@@ -2635,6 +2866,13 @@ CREATE TRIGGER pgxjob_job_types_refuse_delete_in_use BEFORE DELETE ON pgxjob_pub
 
 ALTER TABLE ONLY pgxjob_public.pgxjob_job_types
     ADD CONSTRAINT pgxjob_job_types_default_group_id_fkey FOREIGN KEY (default_group_id) REFERENCES pgxjob_public.pgxjob_groups(id);
+
+--
+-- Name: pgxjob_periodic_jobs pgxjob_periodic_jobs_group_id_fkey; Type: FK CONSTRAINT; Schema: pgxjob_public; Owner: -
+--
+
+ALTER TABLE ONLY pgxjob_public.pgxjob_periodic_jobs
+    ADD CONSTRAINT pgxjob_periodic_jobs_group_id_fkey FOREIGN KEY (group_id) REFERENCES pgxjob_public.pgxjob_groups(id);
 
 --
 -- Name: pgxjob_workers pgxjob_workers_group_id_fkey; Type: FK CONSTRAINT; Schema: pgxjob_public; Owner: -

@@ -2,7 +2,7 @@
 -- users, triggers and the Python package rely on.
 begin;
 \ir helpers.psql
-select plan(51);
+select plan(52);
 
 -- Tables
 select results_eq(
@@ -10,8 +10,8 @@ select results_eq(
     where c.relnamespace = 'pgxjob_public'::regnamespace and c.relkind = 'r'
     order by 1$$,
   array['pgxjob_asap_jobs', 'pgxjob_groups', 'pgxjob_job_runs', 'pgxjob_job_types',
-        'pgxjob_run_at_jobs', 'pgxjob_unique_keys', 'pgxjob_workers'],
-  'the private schema holds pgxjob''s seven tables'
+        'pgxjob_periodic_jobs', 'pgxjob_run_at_jobs', 'pgxjob_unique_keys', 'pgxjob_workers'],
+  'the private schema holds pgxjob''s eight tables'
 );
 select results_eq(
   $$select c.relname::text collate "default" from pg_class c
@@ -32,6 +32,9 @@ select columns_are('pgxjob_run_at_jobs',
   array['id', 'inserted_at', 'run_at', 'next_run_at', 'group_id', 'type_id', 'worker_id',
         'error_count', 'last_error', 'params', 'priority', 'unique_key', 'cancel_requested']);
 select columns_are('pgxjob_unique_keys', array['type_id', 'unique_key', 'job_id']);
+select columns_are('pgxjob_periodic_jobs',
+  array['id', 'name', 'cron', 'time_zone', 'type_id', 'group_id', 'params', 'priority',
+        'next_fire_at', 'last_fired_at', 'last_job_id', 'inserted_at', 'updated_at']);
 select col_is_pk('pgxjob_unique_keys', array['type_id', 'unique_key'],
   'a unique key is held once per job type');
 select columns_are('pgxjob_job_runs',

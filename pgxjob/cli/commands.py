@@ -189,6 +189,47 @@ def _run_detail(run: queries.JobRun, limit: int) -> str:
     return ""
 
 
+def cmd_periodic(args: argparse.Namespace) -> int:
+    if args.action == "remove" and not args.name:
+        raise UsageError("periodic remove needs the NAME of the schedule to remove")
+    if args.action == "list" and args.name:
+        raise UsageError("periodic list takes no NAME")
+    db = resolve(args)
+    with migrated(db, schema_of(args)) as conn:
+        if args.action == "remove":
+            if not queries.unschedule_periodic(conn, args.name):
+                raise CommandError(f"no periodic job named {args.name!r} in {db.describe()}")
+            note(args, f"removed periodic job {args.name!r} from {db.describe()}")
+            return EXIT_OK
+        schedules = queries.periodic_job_status(conn)
+    if args.json:
+        for schedule in schedules:
+            print(json.dumps(schedule._asdict(), default=json_default))
+        return EXIT_OK
+    if not schedules:
+        note(args, f"no periodic jobs in {db.describe()}")
+        return EXIT_OK
+    table(
+        sys.stdout,
+        ["name", "cron", "zone", "type", "group", "next fire", "last fired", "last job"],
+        [
+            [
+                p.name,
+                p.cron,
+                p.time_zone,
+                p.job_type or "-",
+                p.group_name,
+                local_time(p.next_fire_at),
+                local_time(p.last_fired_at) if p.last_fired_at else "-",
+                str(p.last_job_id) if p.last_job_id is not None else "-",
+            ]
+            for p in schedules
+        ],
+        right={7},
+    )
+    return EXIT_OK
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     db = resolve(args)
     outcomes: list[tuple[int, str]] = []

@@ -400,6 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many recent failed runs to show (default: 5)",
     )
 
+    periodic = command("periodic", "list periodic jobs, or remove one")
+    periodic.add_argument(
+        "action", choices=["list", "remove"], help="list: every schedule; remove NAME: delete one"
+    )
+    periodic.add_argument("name", metavar="NAME", nargs="?", help="the schedule to remove")
+    periodic.add_argument("--json", action="store_true", help="list: one JSON object per line")
+
     runs = command("runs", "show the run log, newest first")
     runs.add_argument("--failed", action="store_true", help="only runs that failed")
     runs.add_argument("--type", dest="job_type", metavar="TYPE", help="only runs of this type")
