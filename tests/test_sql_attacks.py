@@ -28,6 +28,7 @@ import dataclasses
 import datetime as dt
 import itertools
 import re
+import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -607,6 +608,28 @@ def setup_cancel_requests(conn: psycopg.Connection[Any]) -> list[Statement]:
     ]
 
 
+def setup_schedule_periodic(_: psycopg.Connection[Any]) -> list[Statement]:
+    sql_text = (
+        "select pgxjob_schedule_periodic(%s::text, %s::text, %s::text, %s::json, %s::text,"
+        " %s::text, %s::int)"
+    )
+    return [
+        (sql_text, ("atk_nightly", "30 2 * * MON-FRI", JOB_TYPE, "{}", GROUP, "Europe/Berlin", 1)),
+        (sql_text, ("atk_nightly", "*/10 * * * * *", JOB_TYPE, None, None, "UTC", 0)),
+    ]
+
+
+def setup_unschedule_periodic(conn: psycopg.Connection[Any]) -> list[Statement]:
+    name = f"atk_gone_{secrets.token_hex(4)}"
+    add_periodic_job(conn, name, NOW + dt.timedelta(hours=1))
+    return [("select pgxjob_unschedule_periodic(%s::text)", (name,))]
+
+
+def setup_periodic_job_status(conn: psycopg.Connection[Any]) -> list[Statement]:
+    add_periodic_job(conn, f"atk_listed_{secrets.token_hex(4)}", NOW + dt.timedelta(hours=1))
+    return [("select * from pgxjob_periodic_job_status()", ())]
+
+
 def setup_schedule_many(_: psycopg.Connection[Any]) -> list[Statement]:
     sql_text = "select pgxjob_schedule_many(%s::text, %s::json[], %s::text, %s::timestamptz)"
     return [
@@ -666,10 +689,23 @@ def setup_unregister_worker(conn: psycopg.Connection[Any]) -> list[Statement]:
     return [("select pgxjob_unregister_worker(%s::int)", (worker,))]
 
 
+def add_periodic_job(conn: psycopg.Connection[Any], name: str, next_fire_at: dt.datetime) -> None:
+    group_id, type_id = ids(conn)
+    conn.execute(
+        "insert into pgxjob_public.pgxjob_periodic_jobs"
+        " (name, cron, time_zone, type_id, group_id, params, next_fire_at)"
+        " values (%s::text, '*/5 * * * *', 'Europe/Berlin', %s::int, %s::int, '{}'::json,"
+        " %s::timestamptz)",
+        (name, type_id, group_id, next_fire_at),
+    )
+
+
 def setup_fetch_jobs(conn: psycopg.Connection[Any]) -> list[Statement]:
     worker = add_worker(conn, NOW)
     add_asap_job(conn)
     add_timed_job(conn, NOW - dt.timedelta(seconds=1))
+    # A due periodic schedule: the fetch fires it (cron_next included) before it claims.
+    add_periodic_job(conn, f"atk_due_{worker}", NOW - dt.timedelta(seconds=1))
     return [
         ("select * from pgxjob_fetch_jobs(%s::int, %s::int, %s::timestamptz)", (worker, 10, NOW))
     ]
@@ -776,6 +812,9 @@ CALLS: dict[str, Setup] = {
     "pgxjob_schedule": setup_schedule,
     "pgxjob_schedule_many": setup_schedule_many,
     "pgxjob_cancel_job": setup_cancel_job,
+    "pgxjob_schedule_periodic": setup_schedule_periodic,
+    "pgxjob_unschedule_periodic": setup_unschedule_periodic,
+    "pgxjob_periodic_job_status": setup_periodic_job_status,
     "pgxjob_cancel_requests": setup_cancel_requests,
     "pgxjob_register_group": setup_register_group,
     "pgxjob_register_job_type": setup_register_job_type,
