@@ -2,7 +2,7 @@
 -- rows first, with filters, over widening time windows.
 begin;
 \ir helpers.psql
-select plan(12);
+select plan(14);
 
 select t_setup();
 
@@ -107,6 +107,20 @@ select throws_ok(
 select is_empty(
   $$ select * from pgxjob_recent_job_runs(failed_only => true, of_type => 't2', in_group => 'g1') $$,
   'filters combine'
+);
+
+-- One job's runs, with outcome and output, found through the primary key whatever their age.
+update pgxjob_job_runs set outcome = 'retried' where job_id = 2 and run_number = 1;
+update pgxjob_job_runs set outcome = 'succeeded', output = '{"sent": 1}' where job_id = 2 and run_number = 2;
+select results_eq(
+  'select run_number, outcome, output::text from pgxjob_recent_job_runs(of_job => 2)',
+  $$ values (2, 'succeeded'::text, '{"sent": 1}'::text), (1, 'retried', null) $$,
+  'of_job lists one job''s runs, newest first, with their outcome and output'
+);
+select results_eq(
+  'select job_id from pgxjob_recent_job_runs(of_job => 5)',
+  $$ values (5::bigint) $$,
+  'of_job finds a run older than every time window'
 );
 
 select * from finish();
