@@ -314,12 +314,17 @@ begin
     select * from gone_run_at
   ),
   freed as (
+    -- Through the primary key, one probe per job, then by tuple id (see pgxjob_apply_job_results).
     delete from pgxjob_unique_keys k
-    using gone g
-    where g.unique_key is not null
-      and k.type_id = g.type_id
-      and k.unique_key = g.unique_key
-      and k.job_id = g.id
+    where k.ctid = any (array(
+      select (
+        select u.ctid
+        from pgxjob_unique_keys u
+        where u.type_id = g.type_id and u.unique_key = g.unique_key and u.job_id = g.id
+      )
+      from gone g
+      where g.unique_key is not null
+    ))
   ),
   logged as (
     insert into pgxjob_job_runs (
@@ -775,13 +780,20 @@ begin
     select id, type_id, unique_key from done_run_at
   ),
   freed as (
-    -- A finished job gives its unique key back.
+    -- A finished job gives its unique key back. Each key row is found through the primary key
+    -- (one probe per finished job that holds a key) and deleted by its tuple id; a join to the
+    -- CTE would let the planner hash the whole key table on every batch. Key rows are never
+    -- updated, so a tuple id found here still names the row.
     delete from pgxjob_unique_keys k
-    using finished f
-    where f.unique_key is not null
-      and k.type_id = f.type_id
-      and k.unique_key = f.unique_key
-      and k.job_id = f.id
+    where k.ctid = any (array(
+      select (
+        select u.ctid
+        from pgxjob_unique_keys u
+        where u.type_id = f.type_id and u.unique_key = f.unique_key and u.job_id = f.id
+      )
+      from finished f
+      where f.unique_key is not null
+    ))
   ),
   touched as (
     select id, group_id, type_id, inserted_at, run_at, params, error_count from done_asap
