@@ -76,7 +76,7 @@ def test_a_version_3_database_in_use_upgrades_with_its_jobs_workers_runs_and_gra
             (done,),
         )
 
-        assert migrate(url) == [4, 5]
+        assert migrate(url) == [m.version for m in load_migrations()[3:]]
 
         # The data moved into the private schema as it was.
         assert run(url, "select id from pgxjob_public.pgxjob_asap_jobs order by id") == [
