@@ -206,6 +206,12 @@ def targets(res: dict[str, Any]) -> list[str]:
     if g(PGX, "timed_p99") is not None:
         row("Timed jobs start within 50 ms of due (p99)", f"{g(PGX, 'timed_p99'):.1f} ms",
             g(PGX, "timed_p99") <= 50)  # fmt: skip
+    if g(PGX, "periodic_p99") is not None:
+        missed, doubled = g(PGX, "periodic_missed") or 0, g(PGX, "periodic_doubled") or 0
+        row("Periodic job starts within 100 ms of its fire time (p99), none missed or doubled",
+            f"{g(PGX, 'periodic_p99'):.1f} ms over {g(PGX, 'periodic_fires'):,.0f} fires, "
+            f"{missed:,.0f} missed, {doubled:,.0f} doubled",
+            g(PGX, "periodic_p99") <= 100 and not missed and not doubled)  # fmt: skip
     bp = best_peer(res, "wal_per_job", False)
     if bp and g(PGX, "wal_per_job"):
         row("WAL bytes per job ≤ best peer's (run log on)",

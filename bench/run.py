@@ -56,6 +56,7 @@ FULL = {
     "big_n": 200000,  # pgxjob only: RSS over a long drain
     "keyed_levels": 5,  # keyed drain: priority levels, shuffled over the backlog of n
     "keyed_share": 0.5,  # keyed drain: share of jobs with a (distinct) unique key
+    "periodic_s": 60,  # pgxjob only: seconds of a per-second periodic job on an idle worker
 }
 QUICK = {
     "rounds": 1,
@@ -71,6 +72,7 @@ QUICK = {
     "big_n": 10000,
     "keyed_levels": 5,
     "keyed_share": 0.5,
+    "periodic_s": 10,
 }
 
 # -- systems and their configurations ---------------------------------------------------------
@@ -168,9 +170,9 @@ SYSTEMS: dict[str, dict[str, Any]] = {
 }
 
 ALL_WORKLOADS = ["sweep", "single", "drain1", "drain2", "keyed", "steady", "latency", "scaling",
-                 "mixed", "big"]  # fmt: skip
+                 "mixed", "big", "periodic"]  # fmt: skip
 # Workloads run in the first round only.
-ONCE = ("sweep", "big", "scaling")
+ONCE = ("sweep", "big", "scaling", "periodic")
 # Consumer options given with --config: the sweep measures these systems but keeps their options.
 PINNED: set[str] = set()
 
@@ -847,6 +849,21 @@ def w_latency(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def w_periodic(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
+    """pgxjob only: a per-second periodic job on an idle worker, fire time to handler start."""
+    db = server.fresh(system)
+    dsn = server.dsn(db)
+    run_driver(system, "setup", dsn, {})
+    r = run_driver(system, "periodic", dsn, {"seconds": sz["periodic_s"]})
+    server.drop(db)
+    lat = r["latencies_ms"]
+    out: dict[str, Any] = {"periodic_fires": r["fires"], "periodic_missed": r["missed"],
+                           "periodic_doubled": r["fires"] - r["distinct_seconds"]}  # fmt: skip
+    if lat:
+        out.update(periodic_p50=pct(lat, 50), periodic_p99=pct(lat, 99), periodic_max=max(lat))
+    return out
+
+
 def w_big(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
     n = sz["big_n"]
     db = server.fresh(system)
@@ -870,6 +887,7 @@ WORKLOADS = {
     "scaling": w_scaling,
     "mixed": w_mixed,
     "big": w_big,
+    "periodic": w_periodic,
 }
 
 
@@ -885,6 +903,8 @@ def applies(system: str, workload: str) -> bool:
         return system == "pgxjob"
     if workload == "big":
         return system.startswith("pgxjob")
+    if workload == "periodic":
+        return system == "pgxjob"
     return True
 
 

@@ -173,6 +173,41 @@ def consume(dsn: str, opts: dict[str, Any]) -> None:
     common.serve_consumer_sync(start, stop)
 
 
+def periodic(dsn: str, opts: dict[str, Any]) -> None:
+    """An idle worker and a per-second schedule for opts['seconds']: fire time to handler start.
+
+    The schedule fires on whole seconds of the database's clock, which is this host's clock, so
+    a start at wall time t belongs to the fire at floor(t) as long as it is under a second late;
+    a later start shows as a second with no start, which is counted as missed.
+    """
+    starts: list[float] = []
+
+    def tick(job: pgxjob.Job) -> None:
+        starts.append(time.time())
+
+    sched = pgxjob.Scheduler(
+        dsn,
+        job_types=[pgxjob.JobTypeConfig("tick", run_job=tick)],
+        periodic_jobs=[pgxjob.PeriodicJob("bench_tick", "* * * * * *", "tick")],
+    )
+    sched.wait_ready(timeout=30)
+    worker = sched.start_worker()
+    time.sleep(opts["seconds"] + 0.9)
+    worker.shutdown(timeout=30)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("select pgxjob_unschedule_periodic('bench_tick')")
+    sched.close()
+    # The first start may be the catch-up of a fire time before the worker started.
+    fires = sorted({int(t) for t in starts[1:]})
+    expected = fires[-1] - fires[0] + 1 if fires else 0
+    common.result({
+        "latencies_ms": [(t - int(t)) * 1000 for t in starts[1:]],
+        "fires": len(starts) - 1,
+        "distinct_seconds": len(fires),
+        "missed": expected - len(fires),
+    })  # fmt: skip
+
+
 def runtime(dsn: str, opts: dict[str, Any]) -> None:
     common.runtime("pgxjob: psycopg 3, sync, worker threads", "psycopg")
 
