@@ -206,6 +206,13 @@ def targets(res: dict[str, Any]) -> list[str]:
     if g(PGX, "timed_p99") is not None:
         row("Timed jobs start within 50 ms of due (p99)", f"{g(PGX, 'timed_p99'):.1f} ms",
             g(PGX, "timed_p99") <= 50)  # fmt: skip
+    for kind, label in (("claimed", "with jobs ahead claimed by another worker"),
+                        ("snapshot", "with a snapshot held open")):  # fmt: skip
+        if g(PGX, f"adverse_{kind}_ratio"):
+            row(f"Drain {label} ≥ 70% of the plain drain",
+                f"{g(PGX, f'adverse_{kind}'):,.0f} vs {g(PGX, 'adverse_plain'):,.0f} jobs/s = "
+                f"{g(PGX, f'adverse_{kind}_ratio'):.2f}×",
+                g(PGX, f"adverse_{kind}_ratio") >= 0.7)  # fmt: skip
     if g(PGX, "periodic_p99") is not None:
         missed, doubled = g(PGX, "periodic_missed") or 0, g(PGX, "periodic_doubled") or 0
         row("Periodic job starts within 100 ms of its fire time (p99), none missed or doubled",

@@ -57,6 +57,7 @@ FULL = {
     "keyed_levels": 5,  # keyed drain: priority levels, shuffled over the backlog of n
     "keyed_share": 0.5,  # keyed drain: share of jobs with a (distinct) unique key
     "periodic_s": 60,  # pgxjob only: seconds of a per-second periodic job on an idle worker
+    "claimed_ahead": 20000,  # pgxjob only, adverse drain: jobs claimed by another worker ahead
 }
 QUICK = {
     "rounds": 1,
@@ -73,6 +74,7 @@ QUICK = {
     "keyed_levels": 5,
     "keyed_share": 0.5,
     "periodic_s": 10,
+    "claimed_ahead": 3000,
 }
 
 # -- systems and their configurations ---------------------------------------------------------
@@ -170,7 +172,7 @@ SYSTEMS: dict[str, dict[str, Any]] = {
 }
 
 ALL_WORKLOADS = ["sweep", "single", "drain1", "drain2", "keyed", "steady", "latency", "scaling",
-                 "mixed", "big", "periodic"]  # fmt: skip
+                 "mixed", "big", "periodic", "adverse"]  # fmt: skip
 # Workloads run in the first round only.
 ONCE = ("sweep", "big", "scaling", "periodic")
 # Consumer options given with --config: the sweep measures these systems but keeps their options.
@@ -515,8 +517,12 @@ def drain(
     *,
     timeout: float,
     opts: dict[str, Any] | None = None,
+    held: int = 0,
 ) -> dict[str, Any]:
-    """Start `procs` worker processes on a ready backlog of n jobs; time until handled and acked."""
+    """Start `procs` worker processes on a ready backlog of n jobs; time until handled and acked.
+
+    held: jobs that stay in the tables throughout (claimed by a worker that is not draining).
+    """
     dsn = server.dsn(db)
     remaining_sql = SYSTEMS[system]["remaining_sql"]
     cs = consumers(system, dsn, procs, opts=opts)
@@ -530,7 +536,7 @@ def drain(
                     "error": f"timeout after {timeout:.0f}s, {sum(c.count for c in cs)}/{n} handled"
                 }
             t_handled = max(c.t_last for c in cs)
-            while conn.execute(remaining_sql).fetchone()[0] > 0:
+            while conn.execute(remaining_sql).fetchone()[0] > held:
                 if time.time() - t0 > timeout + 30:
                     return {"error": "handled but never acknowledged"}
                 time.sleep(0.005)
@@ -690,6 +696,7 @@ def w_sweep(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
 
 
 KEYED_ROUND = [0]
+ADVERSE_ROUND = [0]
 
 
 def w_keyed(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
@@ -736,6 +743,58 @@ def w_keyed(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
             out[f"{name}_enqueue"] = statistics.mean(enqueue[name])
     if out.get("keyed") and out.get("keyed_plain"):
         out["keyed_ratio"] = out["keyed"] / out["keyed_plain"]
+    return out
+
+
+def w_adverse(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
+    """pgxjob's drain under two adverse conditions, each paired with the plain drain.
+
+    claimed: sz['claimed_ahead'] jobs older than the backlog are claimed by another worker (as
+    several workers with large prefetches do) and stay claimed through the drain. snapshot: a
+    repeatable-read transaction that read the job table stays open through the drain (a long
+    report, a stuck session), so no dead row or index entry can be cleaned while it runs. Each
+    kind drains the same n jobs with one worker process on a fresh database, in the order plain,
+    claimed, snapshot, plain (reversed every other round); ratios are kind / mean plain rate.
+    """
+    n, ahead = sz["n"], sz["claimed_ahead"]
+    kinds = ["plain", "claimed", "snapshot", "plain"]
+    if ADVERSE_ROUND[0] % 2:
+        kinds.reverse()
+    ADVERSE_ROUND[0] += 1
+    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+    out: dict[str, Any] = {}
+    for kind in kinds:
+        db = server.fresh(system)
+        dsn = server.dsn(db)
+        run_driver(system, "setup", dsn, {})
+        held = 0
+        if kind == "claimed":
+            backlog(system, dsn, ahead)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                hog = conn.execute(
+                    "select pgxjob_register_worker('default', interval '1 day')"
+                ).fetchone()[0]
+                held = conn.execute(
+                    "select count(*) from pgxjob_fetch_jobs(%s, %s)", (hog, ahead)
+                ).fetchone()[0]
+        backlog(system, dsn, n)
+        with psycopg.connect(dsn) as holder:
+            if kind == "snapshot":
+                holder.execute("set transaction isolation level repeatable read")
+                holder.execute("select count(*) from pgxjob_public.pgxjob_asap_jobs")
+            d = drain(system, server, db, n, 1, timeout=drain_timeout(n) * 3, held=held)
+            holder.rollback()
+        server.drop(db)
+        if "error" in d:
+            out[f"adverse_{kind}_error"] = d["error"]
+            continue
+        rates[kind].append(d["rate"])
+    for kind, values in rates.items():
+        if values:
+            out[f"adverse_{kind}"] = statistics.mean(values)
+    for kind in ("claimed", "snapshot"):
+        if out.get(f"adverse_{kind}") and out.get("adverse_plain"):
+            out[f"adverse_{kind}_ratio"] = out[f"adverse_{kind}"] / out["adverse_plain"]
     return out
 
 
@@ -888,6 +947,7 @@ WORKLOADS = {
     "mixed": w_mixed,
     "big": w_big,
     "periodic": w_periodic,
+    "adverse": w_adverse,
 }
 
 
@@ -903,7 +963,7 @@ def applies(system: str, workload: str) -> bool:
         return system == "pgxjob"
     if workload == "big":
         return system.startswith("pgxjob")
-    if workload == "periodic":
+    if workload in ("periodic", "adverse"):
         return system == "pgxjob"
     return True
 

@@ -130,6 +130,8 @@ $$;
 -- fields), minutes, hours, days of the month, months, and days of the week (0-6, Sunday 0, a 7
 -- read as 0). either_day is true when day-of-month and day-of-week are both restricted (neither
 -- field starts with "*"), and a day then matches if either does (Vixie cron); otherwise both must.
+-- frequent is true when the seconds, minute or hour field starts with "*": such an expression
+-- follows the clock through a repeated hour, where a fixed-time one fires once (Vixie cron).
 -- Raises PJ007 for a malformed expression and for one that can never fire.
 create function pgxjob_cron_parse(
   p_cron text,
@@ -139,7 +141,8 @@ create function pgxjob_cron_parse(
   out days int[],
   out months int[],
   out weekdays int[],
-  out either_day boolean
+  out either_day boolean,
+  out frequent boolean
 )
 language plpgsql
 immutable
@@ -197,6 +200,8 @@ begin
     array['SUN', 'MON', 'TUE', 'WED', 'THU', 'FRI', 'SAT']);
   weekdays := array(select distinct w % 7 from unnest(weekdays) w order by 1);
   either_day := left(v_fields[v_offset + 3], 1) <> '*' and left(v_fields[v_offset + 5], 1) <> '*';
+  frequent := (v_offset = 1 and left(v_fields[1], 1) = '*')
+    or left(v_fields[v_offset + 1], 1) = '*' or left(v_fields[v_offset + 2], 1) = '*';
 
   -- With day-of-week unrestricted, some allowed month must have an allowed day (February counts
   -- 29, which comes at least every 8 years); otherwise the expression never fires.
@@ -214,7 +219,8 @@ $$;
 
 -- The first instant in (p_lo, p_hi] whose UTC offset in p_time_zone is the one at p_hi: the
 -- moment the zone's offset changed, when it changed once between them. A binary search over
--- whole seconds (offset changes happen on whole seconds).
+-- whole seconds since the epoch (offset changes happen on whole seconds), so that it ends for
+-- bounds with fractions of a second too.
 create function pgxjob_cron_offset_change(p_lo timestamptz, p_hi timestamptz, p_time_zone text)
 returns timestamptz
 language plpgsql
@@ -222,20 +228,22 @@ stable -- the time zone database can change
 strict
 as $$
 declare
-  v_lo timestamptz := p_lo;
-  v_hi timestamptz := p_hi;
-  v_mid timestamptz;
+  v_lo bigint := floor(extract(epoch from p_lo))::bigint;
+  v_hi bigint := ceil(extract(epoch from p_hi))::bigint;
+  v_mid bigint;
   v_offset interval := (p_hi at time zone p_time_zone) - (p_hi at time zone 'UTC');
 begin
-  while v_hi - v_lo > interval '1 second' loop
-    v_mid := v_lo + make_interval(secs => floor(extract(epoch from v_hi - v_lo) / 2));
-    if (v_mid at time zone p_time_zone) - (v_mid at time zone 'UTC') = v_offset then
+  while v_hi - v_lo > 1 loop
+    v_mid := (v_lo + v_hi) / 2;
+    if (to_timestamp(v_mid) at time zone p_time_zone) - (to_timestamp(v_mid) at time zone 'UTC')
+       = v_offset
+    then
       v_hi := v_mid;
     else
       v_lo := v_mid;
     end if;
   end loop;
-  return v_hi;
+  return to_timestamp(v_hi);
 end;
 $$;
 
@@ -296,8 +304,11 @@ $$;
 -- after: any finite time; a fire time equal to it is not returned.
 -- time_zone: an IANA name (anything PostgreSQL's AT TIME ZONE accepts). Fields are matched
 --   against the wall clock there. A wall time skipped when clocks go forward fires at the first
---   instant after it (the moment of the change; several skipped times fire there once); a wall
---   time that occurs twice when clocks go back fires once, at its first occurrence.
+--   instant after it (the moment of the change; several skipped times fire there once). When
+--   clocks go back, an expression at fixed times (its seconds, minute and hour fields do not
+--   start with "*") fires once, at the first occurrence of a repeated time; a frequent one (any
+--   of those fields starts with "*", as in "*/5 * * * *" or "0 * * * *") follows the clock
+--   through both passes of the repeated hour, as Vixie cron does, instead of pausing for it.
 --
 -- Raises PJ007 for a null, malformed or never-firing expression (the message names the field and
 -- value, the hint shows the form) and for a null or unknown time zone; PJ005 for a null or
@@ -324,6 +335,12 @@ declare
   v_found boolean;
   v_candidate timestamp;
   v_instant timestamptz;
+  -- Frequent expressions only: the candidates are being read in the second pass of a repeated
+  -- hour, as the later of their two occurrences.
+  v_second_pass boolean := false;
+  v_first timestamptz;
+  v_horizon timestamptz;
+  v_change timestamptz;
 begin
   v_cron := pgxjob_cron_parse(cron);
 
@@ -415,8 +432,37 @@ begin
       return v_candidate at time zone 'UTC';
     end if;
     v_instant := pgxjob_cron_instant(v_candidate, time_zone);
+    if v_second_pass then
+      -- A time already passed once is read as its later occurrence (PostgreSQL's reading of a
+      -- repeated time); none comes later than the fire time found before the second pass.
+      if v_instant <= after then
+        v_instant := v_candidate at time zone time_zone;
+      end if;
+      return least(v_instant, v_first);
+    end if;
     if v_instant > after then
+      if v_cron.frequent then
+        -- Clocks that go back between `after` and this fire time repeat an hour whose second
+        -- pass comes first: go on from the moment they go back, reading times there.
+        v_horizon := least(v_instant, after + interval '25 hours');
+        if (v_horizon at time zone time_zone) - (v_horizon at time zone 'UTC')
+           < (after at time zone time_zone) - (after at time zone 'UTC')
+        then
+          v_change := pgxjob_cron_offset_change(after, v_horizon, time_zone);
+          if v_change <= v_instant then
+            v_second_pass := true;
+            v_first := v_instant;
+            v_wall := v_change at time zone time_zone;
+            continue;
+          end if;
+        end if;
+      end if;
       return v_instant;
+    end if;
+    if v_cron.frequent then
+      -- `after` lies in the second pass of a repeated hour: this time's next occurrence is there.
+      v_second_pass := true;
+      continue;
     end if;
 
     -- v_candidate fired already: `after` lies in the second pass of a repeated hour, and so

@@ -145,9 +145,9 @@ end;
 $$;
 
 -- Fires the group's due schedules: one ASAP job each, and the schedule moves on to its first fire
--- time after now. Schedules that missed several fire times (no worker ran) fire once, then
--- continue from now. A schedule another session is firing is skipped (skip locked). Returns how
--- many jobs it scheduled.
+-- time after now. Schedules that missed several fire times (no worker ran) fire once, for the
+-- latest of them (last_fired_at), then continue from now. A schedule another session is firing
+-- is skipped (skip locked). Returns how many jobs it scheduled.
 create function pgxjob_fire_periodic_jobs(p_group_id int, p_now timestamptz)
 returns int
 language plpgsql
@@ -158,6 +158,10 @@ declare
   v_schedule record;
   v_job_id bigint;
   v_fired int := 0;
+  v_fire timestamptz;
+  v_lo bigint;
+  v_hi bigint;
+  v_mid bigint;
 begin
   for v_schedule in
     select p.id, p.cron, p.time_zone, p.type_id, p.params, p.priority, p.next_fire_at, g.name
@@ -169,13 +173,33 @@ begin
     for update of p skip locked
   loop
     begin
+      -- The latest fire time at or before now. After missed ones: bisect, over whole seconds
+      -- since the epoch, for the last second lo whose next fire time is still due (the next
+      -- after hi never is); fire times are whole seconds, so that next one is the latest. A few
+      -- dozen evaluations for years missed.
+      v_fire := v_schedule.next_fire_at;
+      if pgxjob_cron_next(v_schedule.cron, v_fire, v_schedule.time_zone) <= p_now then
+        v_lo := floor(extract(epoch from v_fire))::bigint;
+        v_hi := ceil(extract(epoch from p_now))::bigint;
+        while v_hi - v_lo > 1 loop
+          v_mid := (v_lo + v_hi) / 2;
+          if pgxjob_cron_next(v_schedule.cron, to_timestamp(v_mid), v_schedule.time_zone)
+             <= p_now
+          then
+            v_lo := v_mid;
+          else
+            v_hi := v_mid;
+          end if;
+        end loop;
+        v_fire := pgxjob_cron_next(v_schedule.cron, to_timestamp(v_lo), v_schedule.time_zone);
+      end if;
+
       v_job_id := pgxjob_insert_job(v_schedule.type_id, p_group_id, v_schedule.name,
                                     v_schedule.params, null, v_schedule.priority, null);
       update pgxjob_periodic_jobs p
-      set next_fire_at = pgxjob_cron_next(v_schedule.cron,
-                                          greatest(p_now, v_schedule.next_fire_at),
+      set next_fire_at = pgxjob_cron_next(v_schedule.cron, greatest(p_now, v_fire),
                                           v_schedule.time_zone),
-          last_fired_at = v_schedule.next_fire_at,
+          last_fired_at = v_fire,
           last_job_id = v_job_id
       where p.id = v_schedule.id;
       v_fired := v_fired + 1;

@@ -574,6 +574,12 @@ declare
   v_found boolean;
   v_candidate timestamp;
   v_instant timestamptz;
+  -- Frequent expressions only: the candidates are being read in the second pass of a repeated
+  -- hour, as the later of their two occurrences.
+  v_second_pass boolean := false;
+  v_first timestamptz;
+  v_horizon timestamptz;
+  v_change timestamptz;
 begin
   v_cron := pgxjob_cron_parse(cron);
 
@@ -665,8 +671,37 @@ begin
       return v_candidate at time zone 'UTC';
     end if;
     v_instant := pgxjob_cron_instant(v_candidate, time_zone);
+    if v_second_pass then
+      -- A time already passed once is read as its later occurrence (PostgreSQL's reading of a
+      -- repeated time); none comes later than the fire time found before the second pass.
+      if v_instant <= after then
+        v_instant := v_candidate at time zone time_zone;
+      end if;
+      return least(v_instant, v_first);
+    end if;
     if v_instant > after then
+      if v_cron.frequent then
+        -- Clocks that go back between `after` and this fire time repeat an hour whose second
+        -- pass comes first: go on from the moment they go back, reading times there.
+        v_horizon := least(v_instant, after + interval '25 hours');
+        if (v_horizon at time zone time_zone) - (v_horizon at time zone 'UTC')
+           < (after at time zone time_zone) - (after at time zone 'UTC')
+        then
+          v_change := pgxjob_cron_offset_change(after, v_horizon, time_zone);
+          if v_change <= v_instant then
+            v_second_pass := true;
+            v_first := v_instant;
+            v_wall := v_change at time zone time_zone;
+            continue;
+          end if;
+        end if;
+      end if;
       return v_instant;
+    end if;
+    if v_cron.frequent then
+      -- `after` lies in the second pass of a repeated hour: this time's next occurrence is there.
+      v_second_pass := true;
+      continue;
     end if;
 
     -- v_candidate fired already: `after` lies in the second pass of a repeated hour, and so
@@ -690,20 +725,22 @@ CREATE FUNCTION pgxjob_public.pgxjob_cron_offset_change(p_lo timestamp with time
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 declare
-  v_lo timestamptz := p_lo;
-  v_hi timestamptz := p_hi;
-  v_mid timestamptz;
+  v_lo bigint := floor(extract(epoch from p_lo))::bigint;
+  v_hi bigint := ceil(extract(epoch from p_hi))::bigint;
+  v_mid bigint;
   v_offset interval := (p_hi at time zone p_time_zone) - (p_hi at time zone 'UTC');
 begin
-  while v_hi - v_lo > interval '1 second' loop
-    v_mid := v_lo + make_interval(secs => floor(extract(epoch from v_hi - v_lo) / 2));
-    if (v_mid at time zone p_time_zone) - (v_mid at time zone 'UTC') = v_offset then
+  while v_hi - v_lo > 1 loop
+    v_mid := (v_lo + v_hi) / 2;
+    if (to_timestamp(v_mid) at time zone p_time_zone) - (to_timestamp(v_mid) at time zone 'UTC')
+       = v_offset
+    then
       v_hi := v_mid;
     else
       v_lo := v_mid;
     end if;
   end loop;
-  return v_hi;
+  return to_timestamp(v_hi);
 end;
 $$;
 
@@ -711,7 +748,7 @@ $$;
 -- Name: pgxjob_cron_parse(text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION pgxjob_public.pgxjob_cron_parse(p_cron text, OUT seconds integer[], OUT minutes integer[], OUT hours integer[], OUT days integer[], OUT months integer[], OUT weekdays integer[], OUT either_day boolean) RETURNS record
+CREATE FUNCTION pgxjob_public.pgxjob_cron_parse(p_cron text, OUT seconds integer[], OUT minutes integer[], OUT hours integer[], OUT days integer[], OUT months integer[], OUT weekdays integer[], OUT either_day boolean, OUT frequent boolean) RETURNS record
     LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
@@ -767,6 +804,8 @@ begin
     array['SUN', 'MON', 'TUE', 'WED', 'THU', 'FRI', 'SAT']);
   weekdays := array(select distinct w % 7 from unnest(weekdays) w order by 1);
   either_day := left(v_fields[v_offset + 3], 1) <> '*' and left(v_fields[v_offset + 5], 1) <> '*';
+  frequent := (v_offset = 1 and left(v_fields[1], 1) = '*')
+    or left(v_fields[v_offset + 1], 1) = '*' or left(v_fields[v_offset + 2], 1) = '*';
 
   -- With day-of-week unrestricted, some allowed month must have an allowed day (February counts
   -- 29, which comes at least every 8 years); otherwise the expression never fires.
@@ -983,6 +1022,10 @@ declare
   v_schedule record;
   v_job_id bigint;
   v_fired int := 0;
+  v_fire timestamptz;
+  v_lo bigint;
+  v_hi bigint;
+  v_mid bigint;
 begin
   for v_schedule in
     select p.id, p.cron, p.time_zone, p.type_id, p.params, p.priority, p.next_fire_at, g.name
@@ -994,13 +1037,33 @@ begin
     for update of p skip locked
   loop
     begin
+      -- The latest fire time at or before now. After missed ones: bisect, over whole seconds
+      -- since the epoch, for the last second lo whose next fire time is still due (the next
+      -- after hi never is); fire times are whole seconds, so that next one is the latest. A few
+      -- dozen evaluations for years missed.
+      v_fire := v_schedule.next_fire_at;
+      if pgxjob_cron_next(v_schedule.cron, v_fire, v_schedule.time_zone) <= p_now then
+        v_lo := floor(extract(epoch from v_fire))::bigint;
+        v_hi := ceil(extract(epoch from p_now))::bigint;
+        while v_hi - v_lo > 1 loop
+          v_mid := (v_lo + v_hi) / 2;
+          if pgxjob_cron_next(v_schedule.cron, to_timestamp(v_mid), v_schedule.time_zone)
+             <= p_now
+          then
+            v_lo := v_mid;
+          else
+            v_hi := v_mid;
+          end if;
+        end loop;
+        v_fire := pgxjob_cron_next(v_schedule.cron, to_timestamp(v_lo), v_schedule.time_zone);
+      end if;
+
       v_job_id := pgxjob_insert_job(v_schedule.type_id, p_group_id, v_schedule.name,
                                     v_schedule.params, null, v_schedule.priority, null);
       update pgxjob_periodic_jobs p
-      set next_fire_at = pgxjob_cron_next(v_schedule.cron,
-                                          greatest(p_now, v_schedule.next_fire_at),
+      set next_fire_at = pgxjob_cron_next(v_schedule.cron, greatest(p_now, v_fire),
                                           v_schedule.time_zone),
-          last_fired_at = v_schedule.next_fire_at,
+          last_fired_at = v_fire,
           last_job_id = v_job_id
       where p.id = v_schedule.id;
       v_fired := v_fired + 1;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import os
@@ -36,19 +37,7 @@ def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, .
 def test_three_processes_fire_a_per_second_schedule_once_per_fire_time_through_a_sigkill(
     url: str,
 ) -> None:
-    # Every fire: the fire time and the job it made, written by the transaction that fired it.
-    query(url, "create table fire_log (fire_time timestamptz not null, job_id bigint not null)")
-    query(
-        url,
-        "create function log_fire() returns trigger language plpgsql as $$"
-        " begin insert into public.fire_log values (new.last_fired_at, new.last_job_id);"
-        " return new; end $$",
-    )
-    query(
-        url,
-        "create trigger log_fire after update on pgxjob_public.pgxjob_periodic_jobs for each row"
-        " when (new.last_job_id is distinct from old.last_job_id) execute function log_fire()",
-    )
+    _log_fires(url)
     options = ("--poll-interval=60", "--worker-dead-without-heartbeat=1")
     with (
         WorkerProcess(url, *options) as first,
@@ -65,11 +54,24 @@ def test_three_processes_fire_a_per_second_schedule_once_per_fire_time_through_a
         began = time.monotonic()
         time.sleep(4)
         second.kill()  # mid-run: whatever it held is rescued, and the others go on firing
-        time.sleep(6)
-        elapsed = time.monotonic() - began
-        query(url, "select pgxjob_unschedule_periodic('tick')")
-        time.sleep(1)
+        time.sleep(3)
+        with WorkerProcess(url, *options) as back:  # and it comes back
+            back.expect("ready", 30)
+            time.sleep(3)
+            elapsed = time.monotonic() - began
+            query(url, "select pgxjob_unschedule_periodic('tick')")
+            # Every job the schedule made runs: none lost with the killed worker.
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and _jobs_left(url):
+                time.sleep(0.1)
+    assert not _jobs_left(url), "jobs of the schedule were left behind"
     fires = query(url, "select fire_time, job_id from fire_log order by fire_time")
+    unrun = query(
+        url,
+        "select f.job_id from fire_log f where not exists (select from"
+        " pgxjob_public.pgxjob_job_runs r where r.job_id = f.job_id and r.outcome = 'succeeded')",
+    )
+    assert unrun == [], f"fired jobs that never succeeded: {unrun}"
     times = [fire_time for fire_time, _ in fires]
     assert len(set(times)) == len(times), "a fire time fired twice"
     assert len({job_id for _, job_id in fires}) == len(fires)
@@ -83,6 +85,64 @@ def test_three_processes_fire_a_per_second_schedule_once_per_fire_time_through_a
     # second (a machine too busy), which the schedule skips rather than fire late in a burst.
     assert all(gap.is_integer() and gap >= 1 for gap in gaps), gaps
     assert sum(gap > 1 for gap in gaps) <= 2, f"fire times missed: {gaps}"
+
+
+def _log_fires(url: str) -> None:
+    """Every fire from now on: its fire time and job, written by the transaction that fired it."""
+    query(url, "create table fire_log (fire_time timestamptz not null, job_id bigint not null)")
+    query(
+        url,
+        "create function log_fire() returns trigger language plpgsql as $$"
+        " begin insert into public.fire_log values (new.last_fired_at, new.last_job_id);"
+        " return new; end $$",
+    )
+    query(
+        url,
+        "create trigger log_fire after update on pgxjob_public.pgxjob_periodic_jobs for each row"
+        " when (new.last_job_id is distinct from old.last_job_id) execute function log_fire()",
+    )
+
+
+def test_with_every_worker_down_missed_fire_times_make_one_job_when_a_worker_is_back(
+    url: str,
+) -> None:
+    _log_fires(url)
+    query(url, "select pgxjob_register_job_type(%s, 'default')", (JOB_TYPE,))
+    [(created,)] = query(
+        url,
+        "select clock_timestamp() from pgxjob_schedule_periodic('tick', '* * * * * *', %s)",
+        (JOB_TYPE,),
+    )
+    time.sleep(4)  # no worker: four fire times pass
+    with WorkerProcess(url, "--poll-interval=60") as worker:
+        worker.expect("ready", 30)
+        [(back,)] = query(url, "select clock_timestamp()")
+        time.sleep(2.5)
+        query(url, "select pgxjob_unschedule_periodic('tick')")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _jobs_left(url):
+            time.sleep(0.1)
+    fires = [fire_time for fire_time, _ in query(url, "select * from fire_log order by 1")]
+    assert fires, "the schedule never fired"
+    # The first fire is the catch-up: one job, for the latest fire time missed, none for the
+    # earlier ones; then one per second from there.
+    assert fires[0] > created + dt.timedelta(seconds=2), (created, fires)
+    assert fires[0] <= back, (back, fires)
+    assert len(fires) >= 3, fires
+    assert fires[1] >= back - dt.timedelta(seconds=1), (back, fires)
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(fires[1:])]
+    assert all(gap.is_integer() and gap >= 1 for gap in gaps), gaps
+    assert sum(gap > 1 for gap in gaps) <= 1, f"fire times missed with a worker up: {gaps}"
+    assert not _jobs_left(url)
+
+
+def _jobs_left(url: str) -> int:
+    [(left,)] = query(
+        url,
+        "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
+        " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
+    )
+    return int(left)
 
 
 def test_a_scheduler_declares_its_periodic_jobs_and_a_worker_runs_them(url: str) -> None:

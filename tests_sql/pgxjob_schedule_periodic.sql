@@ -2,7 +2,7 @@
 -- in pgxjob_fetch_jobs: one job per fire time, on the database's clock.
 begin;
 \ir helpers.psql
-select plan(16);
+select plan(17);
 
 select t_setup();
 select t_worker('g1') as w \gset
@@ -60,6 +60,11 @@ select is(
   (select next_fire_at from pgxjob_periodic_jobs where id = :schedule_id),
   date_trunc('minute', now()) + interval '13 minutes',
   'and the schedule continues from now'
+);
+select is(
+  (select last_fired_at from pgxjob_periodic_jobs where id = :schedule_id),
+  date_trunc('minute', now()) + interval '12 minutes',
+  'the one job stands for the latest missed fire time'
 );
 
 select results_eq(
