@@ -236,6 +236,10 @@ def targets(res: dict[str, Any]) -> list[str]:
         row("Memory flat over a long drain",
             f"RSS {first / 1024:.1f} MiB in the 2nd quarter, {last / 1024:.1f} MiB in the last",
             last <= first * 1.1)  # fmt: skip
+    if g(PGX, "big_rate") and g(PGX, "drain1"):
+        r = g(PGX, "big_rate") / g(PGX, "drain1")
+        row("The long drain's rate within 20% of the short drain's (1 process, run log on)",
+            f"{g(PGX, 'big_rate'):,.0f} vs {g(PGX, 'drain1'):,.0f} jobs/s = {r:.2f}×", r >= 0.8)  # fmt: skip
     return out
 
 

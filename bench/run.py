@@ -53,7 +53,7 @@ FULL = {
     "timed_delay": 0.5,
     "scaling": [10000, 50000],  # one process, one round; drain1 adds the n point
     "mixed_n": 20000,  # half ASAP, half timed, all due before the worker starts
-    "big_n": 200000,  # pgxjob only: RSS over a long drain
+    "big_n": 1000000,  # pgxjob only: rate and RSS over a long drain
     "keyed_levels": 5,  # keyed drain: priority levels, shuffled over the backlog of n
     "keyed_share": 0.5,  # keyed drain: share of jobs with a (distinct) unique key
     "periodic_s": 60,  # pgxjob only: seconds of a per-second periodic job on an idle worker

@@ -25,6 +25,9 @@ ConnectionFactory = Callable[[], AbstractContextManager[psycopg.Connection[Any]]
 # Results are sent in chunks of at most this many, so a backlog built up during an outage does
 # not become one enormous statement.
 _MAX_FLUSH_CHUNK = 5000
+# The most results waiting to be recorded (buffered or being sent) before the worker stops
+# claiming jobs: a flush slower than the handlers must not let memory grow without bound.
+_MIN_MAX_PENDING = 5000
 
 
 class UnrecordableResultError(PgxjobError):
@@ -53,6 +56,10 @@ class ResultBuffer:
     results are logged in one warning per flush. A batch failing with an error a retry can cure
     is kept and retried; any other error splits the batch in halves until only the rows that
     fail on their own are left: each is set aside and reported, the rest are recorded.
+
+    The worker claims no more jobs while :meth:`room` is not positive (the results waiting,
+    buffered or being sent, reached ``max_pending``); ``on_room`` is called when a flush makes
+    room again, so that memory stays bounded when recording is slower than running.
     """
 
     def __init__(
@@ -63,12 +70,17 @@ class ResultBuffer:
         on_done: Callable[[list[int]], None],
         max_results: int,
         max_age: float,
+        on_room: Callable[[], None] = lambda: None,
     ) -> None:
         self._connection = connection
         self._report = report
         self._on_done = on_done
+        self._on_room = on_room
         self._max_results = max_results
         self._max_age = max_age
+        self.max_pending = max(_MIN_MAX_PENDING, 10 * max_results)
+        self._in_flight = 0
+        self._throttled = False
         self._cond = threading.Condition()
         self._results: list[tuple[int, JobResult]] = []
         self._oldest_at = 0.0
@@ -118,6 +130,13 @@ class ResultBuffer:
         with self._cond:
             return len(self._results)
 
+    def room(self) -> int:
+        """How many more results may wait before the worker must stop claiming jobs."""
+        with self._cond:
+            room = self.max_pending - len(self._results) - self._in_flight
+            self._throttled = room <= 0
+            return room
+
     def _next_batch(self) -> list[tuple[int, JobResult]] | None:
         with self._cond:
             while True:
@@ -137,6 +156,7 @@ class ResultBuffer:
                 self._cond.wait(wait)
             batch = self._results[:_MAX_FLUSH_CHUNK]
             del self._results[:_MAX_FLUSH_CHUNK]
+            self._in_flight = len(batch)
             self._oldest_at = time.monotonic()
             # An idle flush covers what is still buffered after a capped chunk too.
             if not self._results:
@@ -146,8 +166,14 @@ class ResultBuffer:
     def _put_back(self, batch: list[tuple[int, JobResult]]) -> None:
         with self._cond:
             self._results[:0] = batch
+            self._in_flight = 0
             if batch:
                 self._oldest_at = time.monotonic()
+            made_room = self._throttled and len(self._results) < self.max_pending
+            if made_room:
+                self._throttled = False
+        if made_room:
+            self._on_room()
 
     def _flush_loop(self) -> None:
         """The flusher thread's loop: returns once closed and empty, or abandoned."""

@@ -122,6 +122,7 @@ class Worker:
             on_done=self._queue.forget,
             max_results=max_buffered_job_results,
             max_age=max_age,
+            on_room=self._wake.set,
         )
         self._heartbeat = Heartbeat(
             connection=self._connection,
@@ -257,11 +258,14 @@ class Worker:
                 break
             worker_id = self._id
             assert worker_id is not None
-            wanted = self._queue.room(self._max_prefetched_jobs)
+            wanted = self._room()
             if wanted <= 0:
-                # Full: the runners wake us when the queue falls to low water.
+                # Full: the runners wake us when the queue falls to low water, the result
+                # buffer when a flush has made room. Checked again after the clear, so that a
+                # wake-up between the first check and the clear is not lost.
                 self._wake.clear()
-                self._wake.wait(self._poll_interval)
+                if self._room() <= 0:
+                    self._wake.wait(self._poll_interval)
                 continue
             # Cleared before fetching, so a notification that arrives meanwhile is not lost.
             self._wake.clear()
@@ -279,6 +283,10 @@ class Worker:
             self._poll_cancel_requests(worker_id)
             if sleep is not None:
                 self._wake.wait(sleep)
+
+    def _room(self) -> int:
+        """How many jobs to claim: bounded by the queue and by the results still to record."""
+        return min(self._queue.room(self._max_prefetched_jobs), self._results.room())
 
     def _poll_cancel_requests(self, worker_id: int) -> None:
         # The fallback for cancel requests whose notification this worker missed (its listener

@@ -237,3 +237,43 @@ def test_a_result_from_before_the_worker_was_reaped_is_stale_and_logged_once(
     stale = [r for r in caplog.records if "stale" in r.getMessage()]
     assert len(stale) == 1 and str(job_id) in stale[0].getMessage()
     assert pending_jobs(url) == 0
+
+
+def test_a_worker_claims_no_more_jobs_while_its_results_cannot_be_recorded(url: str) -> None:
+    jobs = 12_000
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("select pgxjob_register_job_type('t')")
+        conn.execute("select pgxjob_schedule('t') from generate_series(1, %s)", (jobs,))
+    scheduler = pgxjob.Scheduler(url, job_types=[pgxjob.JobTypeConfig("t", lambda job: None)])
+    claimed_sql = "select count(*) from pgxjob_asap_jobs where worker_id is not null"
+    try:
+        with psycopg.connect(url) as blocker:
+            # Every flush waits on the run log: the handlers run on, their results pile up.
+            blocker.execute("lock table pgxjob_job_runs in access exclusive mode")
+            worker = scheduler.start_worker(
+                poll_interval=60,
+                max_concurrent_jobs=4,
+                max_prefetched_jobs=100,
+                max_buffered_job_results=10,
+                max_buffered_job_result_age=0.01,
+            )
+            assert worker.startup_complete.wait(10)
+            # Claims go on until the results waiting reach the bound, then stop.
+            settled: list[int] = []
+
+            def claims_stopped() -> bool:
+                settled.append(int(scalar(url, claimed_sql)))
+                return len(settled) > 25 and settled[-1] == settled[-25] > 0
+
+            wait_for(claims_stopped, 30, "the claims to stop")
+            # Waiting results (at most 5,000 with these settings), plus the queue, the running
+            # jobs and one fetch's worth.
+            bound = 5_000 + 100 + 4 + 100
+            assert settled[-1] <= bound < jobs, (settled[-1], bound)
+            blocker.rollback()
+        # Once results are recorded again, the worker claims the rest and drains them all.
+        wait_for(lambda: pending_jobs(url) == 0, 60, "the drain to end")
+        assert len(successful_runs(url)) == jobs
+        assert worker.shutdown(10)
+    finally:
+        scheduler.close(5)
