@@ -353,7 +353,7 @@ $$;
 -- counts scaled up, with estimated true on those rows.
 create function pgxjob_job_overview(
   p_now timestamptz default now(),
-  p_max_exact int default 100000
+  p_max_exact int default 20000
 )
 returns table (
   group_name text,
@@ -377,7 +377,7 @@ begin
   if p_max_exact is null or p_max_exact < 1 then
     raise exception 'pgxjob: p_max_exact must be a positive number, got %', p_max_exact
       using errcode = 'PJ005',
-            hint = 'Pass how many jobs to count exactly before sampling, for example 100000.';
+            hint = 'Pass how many jobs to count exactly before sampling, for example 20000.';
   end if;
   v_asap_pct := pgxjob_sample_percent('asap', p_max_exact);
   v_timed_pct := pgxjob_sample_percent('run_at', p_max_exact);

@@ -1417,7 +1417,7 @@ $$;
 -- Name: pgxjob_job_overview(timestamp with time zone, integer); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION pgxjob_public.pgxjob_job_overview(p_now timestamp with time zone DEFAULT now(), p_max_exact integer DEFAULT 100000) RETURNS TABLE(group_name text, job_type text, waiting bigint, due bigint, scheduled bigint, running bigint, estimated boolean)
+CREATE FUNCTION pgxjob_public.pgxjob_job_overview(p_now timestamp with time zone DEFAULT now(), p_max_exact integer DEFAULT 20000) RETURNS TABLE(group_name text, job_type text, waiting bigint, due bigint, scheduled bigint, running bigint, estimated boolean)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
@@ -1430,7 +1430,7 @@ begin
   if p_max_exact is null or p_max_exact < 1 then
     raise exception 'pgxjob: p_max_exact must be a positive number, got %', p_max_exact
       using errcode = 'PJ005',
-            hint = 'Pass how many jobs to count exactly before sampling, for example 100000.';
+            hint = 'Pass how many jobs to count exactly before sampling, for example 20000.';
   end if;
   v_asap_pct := pgxjob_sample_percent('asap', p_max_exact);
   v_timed_pct := pgxjob_sample_percent('run_at', p_max_exact);
@@ -2999,7 +2999,7 @@ select pgxjob_public.pgxjob_job_detail($1, $2)$_$;
 -- Name: pgxjob_job_overview(timestamp with time zone, integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_job_overview(p_now timestamp with time zone DEFAULT now(), p_max_exact integer DEFAULT 100000) RETURNS TABLE(group_name text, job_type text, waiting bigint, due bigint, scheduled bigint, running bigint, estimated boolean)
+CREATE FUNCTION public.pgxjob_job_overview(p_now timestamp with time zone DEFAULT now(), p_max_exact integer DEFAULT 20000) RETURNS TABLE(group_name text, job_type text, waiting bigint, due bigint, scheduled bigint, running bigint, estimated boolean)
     LANGUAGE sql STABLE
     AS $_$-- pgxjob wrapper
 select * from pgxjob_public.pgxjob_job_overview($1, $2)$_$;
