@@ -2,7 +2,7 @@
 without console errors (CSP violations included), the overview refreshes live, actions work
 through the UI and are refused without the token, and job-controlled values render as text.
 
-Set PGXJOB_SCREENSHOTS=DIR to write a screenshot of each page there (docs/ holds the README's).
+Set PGXJOB_SCREENSHOTS=DIR to write a screenshot of each page there.
 """
 
 from __future__ import annotations
