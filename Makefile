@@ -83,12 +83,16 @@ run: venv
 	$(PY) -m examples.shop report
 
 ## Helpers for the example: its workers alone (until Ctrl-C), its queue, and the embedded server.
-.PHONY: run-example-worker run-example-status run-example-stop
+.PHONY: run-example-worker run-example-status run-example-stop run-example-dashboard
 run-example-worker: venv
 	$(PGXJOB) worker examples.shop.app:scheduler --group default --group emails --concurrency 16
 
 run-example-status: venv
 	$(PGXJOB) status
+
+## The dashboard on http://127.0.0.1:8080/, on the database `make run` uses (run both at once).
+run-example-dashboard: venv
+	$(PGXJOB) dashboard
 
 run-example-stop: venv
 	$(PGXJOB) embedded stop

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
+import socket
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -11,6 +13,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from pgxjob.errors import translate
 
@@ -22,6 +25,9 @@ TIMED_NOTIFY_CHANNEL = "pgxjob_timed_job_scheduled"
 
 CANCEL_NOTIFY_CHANNEL = "pgxjob_job_cancel"
 """The channel pgxjob_cancel_job notifies for a job a worker holds; payload "<worker> <job>"."""
+
+
+_HOST = socket.gethostname()
 
 
 class FetchedJob(NamedTuple):
@@ -241,8 +247,12 @@ def cancel_requests(conn: psycopg.Connection[Any], worker_id: int) -> list[int]:
 def register_worker(
     conn: psycopg.Connection[Any], group_name: str, dead_after: dt.timedelta
 ) -> int:
-    query = "select {}pgxjob_register_worker(%s::text, %s::interval)"
-    return int(_scalar(conn, query, (group_name, dead_after)))
+    """Register a worker and record its host and process id, in one statement."""
+    query = (
+        "select {0}pgxjob_describe_worker({0}pgxjob_register_worker(%s::text, %s::interval),"
+        " %s::text, %s::int)"
+    )
+    return int(_scalar(conn, query, (group_name, dead_after, _HOST, os.getpid())))
 
 
 def worker_heartbeat(conn: psycopg.Connection[Any], worker_id: int) -> bool:
@@ -466,3 +476,106 @@ def job_run_stats(conn: psycopg.Connection[Any], since: dt.datetime) -> list[Job
             (since,),
         ).fetchall()
     return [JobRunStats(*row) for row in rows]
+
+
+# -- the dashboard and metrics ---------------------------------------------------------------------
+
+
+def _dicts(conn: psycopg.Connection[Any], query: str, params: Sequence[Any] = ()) -> list[Row]:
+    with translated_errors(), conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(_sql(conn, query), params).fetchall()
+
+
+Row = dict[str, Any]
+"""One row of a dashboard query, by column name."""
+
+
+def pause_group(conn: psycopg.Connection[Any], group_name: str) -> bool:
+    """Pause a group; False when it was paused already."""
+    return bool(_scalar(conn, "select {}pgxjob_pause_group(%s::text)", (group_name,)))
+
+
+def resume_group(conn: psycopg.Connection[Any], group_name: str) -> bool:
+    """Resume a group; False when it was not paused."""
+    return bool(_scalar(conn, "select {}pgxjob_resume_group(%s::text)", (group_name,)))
+
+
+def job_overview(conn: psycopg.Connection[Any]) -> list[Row]:
+    return _dicts(
+        conn,
+        "select group_name, job_type, waiting, due, scheduled, running, estimated"
+        " from {}pgxjob_job_overview()",
+    )
+
+
+def group_overview(conn: psycopg.Connection[Any]) -> list[Row]:
+    return _dicts(
+        conn,
+        "select group_name, paused_at, oldest_due_at, now() - oldest_due_at as oldest_age,"
+        " workers_alive, workers_stale, workers_dead from {}pgxjob_group_overview()",
+    )
+
+
+def worker_overview(conn: psycopg.Connection[Any]) -> list[Row]:
+    return _dicts(
+        conn,
+        "select worker_id, group_name, host, pid, inserted_at, heartbeat_at, heartbeat_age,"
+        " dead_after, state, jobs_held from {}pgxjob_worker_overview()",
+    )
+
+
+def metrics(conn: psycopg.Connection[Any]) -> list[Row]:
+    return _dicts(conn, "select metric, group_name, job_type, state, value from {}pgxjob_metrics()")
+
+
+def run_history(
+    conn: psycopg.Connection[Any], since: dt.timedelta, bucket: dt.timedelta
+) -> list[Row]:
+    return _dicts(
+        conn,
+        "select group_name, job_type, bucket_at, succeeded, failed, retried, cancelled,"
+        " now() as now from {}pgxjob_run_history(now() - %s::interval, %s::interval)",
+        (since, bucket),
+    )
+
+
+def job_runs_page(
+    conn: psycopg.Connection[Any],
+    max_rows: int,
+    *,
+    group_name: str | None = None,
+    job_type: str | None = None,
+    outcome: str | None = None,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    after: tuple[dt.datetime, int, int] | None = None,
+) -> list[Row]:
+    after_at, after_job, after_run = after if after is not None else (None, None, None)
+    return _dicts(
+        conn,
+        "select job_id, run_number, group_name, job_type, inserted_at, run_at, started_at,"
+        " finished_at, params::text as params, error, outcome, output::text as output"
+        " from {}pgxjob_job_runs_page(max_rows => %s::int, in_group => %s::text,"
+        " of_type => %s::text, with_outcome => %s::text, since => %s::timestamptz,"
+        " until => %s::timestamptz, after_finished_at => %s::timestamptz,"
+        " after_job_id => %s::bigint, after_run_number => %s::int)",
+        (max_rows, group_name, job_type, outcome, since, until, after_at, after_job, after_run),
+    )
+
+
+def job_detail(conn: psycopg.Connection[Any], job_id: int) -> Row | None:
+    """The job (or None once finished) and its runs; None when there is neither."""
+    value = _scalar(conn, "select {}pgxjob_job_detail(%s::bigint)", (job_id,))
+    assert value is None or isinstance(value, dict)
+    return value
+
+
+def retry_job_run(conn: psycopg.Connection[Any], job_id: int, run_number: int | None) -> int:
+    """Schedule a new job from a failed run; its id."""
+    query = "select {}pgxjob_retry_job_run(%s::bigint, %s::int)"
+    return int(_scalar(conn, query, (job_id, run_number)))
+
+
+def run_job_now(conn: psycopg.Connection[Any], job_id: int) -> str:
+    """'due', 'already_due', 'running' or 'not_found'."""
+    return str(_scalar(conn, "select {}pgxjob_run_job_now(%s::bigint)", (job_id,)))

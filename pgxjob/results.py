@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from pgxjob import queries
+from pgxjob import metrics, queries
 from pgxjob.errors import PgxjobError
 from pgxjob.queries import JobResult
 
@@ -35,6 +35,15 @@ class UnrecordableResultError(PgxjobError):
 
     The job stays owned by the worker until the worker unregisters, and then runs again.
     """
+
+
+def _report_flush(seconds: float) -> None:
+    recorder = metrics.recorder
+    if recorder is not None:
+        try:
+            recorder.results_flushed(seconds)
+        except Exception:
+            logger.exception("pgxjob: the metrics recorder failed")
 
 
 def is_curable(exc: BaseException) -> bool:
@@ -209,10 +218,12 @@ class ResultBuffer:
             while parts:
                 part = parts[0]
                 try:
+                    began = time.perf_counter()
                     with self._connection() as conn:
                         outcome = queries.record_job_results(
                             conn, part[0][0], [result for _, result in part]
                         )
+                    elapsed = time.perf_counter() - began
                 except Exception as exc:
                     if is_curable(exc):
                         raise
@@ -228,6 +239,7 @@ class ResultBuffer:
                     continue
                 parts.pop(0)
                 self._unrecorded = [item for p in parts for item in p]
+                _report_flush(elapsed)
                 stale.extend(outcome.stale_job_ids)
                 self._on_done([result.job_id for _, result in part])
         finally:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from pgxjob import context, queries
+from pgxjob import context, metrics, queries
 from pgxjob.durations import Seconds, seconds
 from pgxjob.errors import WorkerNotRegisteredError
 from pgxjob.heartbeat import Heartbeat
@@ -186,6 +186,11 @@ class Worker:
     def name(self) -> str:
         """The worker's name, also the prefix of its threads' names."""
         return self._name
+
+    @property
+    def prefetched(self) -> int:
+        """How many claimed jobs wait in this worker for a runner."""
+        return len(self._queue)
 
     @property
     def stopped(self) -> bool:
@@ -442,6 +447,9 @@ class Worker:
             worker_id,
             self._result(job, started_at, finished_at, err, output=output, cancelled=cancelled),
         )
+        recorder = metrics.recorder
+        if recorder is not None:
+            _report_run(recorder, job, started_at, finished_at, err, cancelled)
         return False
 
     def _log_failure(self, job: Job, err: BaseException) -> None:
@@ -628,6 +636,35 @@ class Worker:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+def _report_run(
+    recorder: metrics.Recorder,
+    job: Job,
+    started_at: dt.datetime,
+    finished_at: dt.datetime,
+    err: BaseException | None,
+    cancelled: bool,
+) -> None:
+    if cancelled:
+        outcome = "cancelled"
+    elif err is None:
+        outcome = "succeeded"
+    else:
+        outcome = "failed" if is_final_run(job, err) else "retried"
+    # A first attempt was due at run_at (an ASAP job's insertion); a retry's due time is not
+    # fetched, so it has no start delay.
+    delay = None if job.error_count else max((started_at - job.run_at).total_seconds(), 0.0)
+    try:
+        recorder.job_finished(
+            job.group.name,
+            job.type.name,
+            outcome,
+            (finished_at - started_at).total_seconds(),
+            delay,
+        )
+    except Exception:
+        logger.exception("pgxjob: the metrics recorder failed")
 
 
 def _output_json(job: Job, returned: object) -> str | None:

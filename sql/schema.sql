@@ -822,6 +822,23 @@ end;
 $$;
 
 --
+-- Name: pgxjob_describe_worker(integer, text, integer); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_describe_worker(p_worker_id integer, p_host text, p_pid integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+begin
+  update pgxjob_workers w
+  set host = pg_catalog.left(p_host, 255),
+      pid = p_pid
+  where w.id = p_worker_id;
+  return p_worker_id;
+end;
+$$;
+
+--
 -- Name: pgxjob_fetch_jobs(integer, integer, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
@@ -833,6 +850,7 @@ CREATE FUNCTION pgxjob_public.pgxjob_fetch_jobs(p_worker_id integer, p_limit int
 declare
   v_now timestamptz := coalesce(p_now, now());
   v_group_id int;
+  v_paused boolean;
   v_priority int;
   v_timed_candidates bigint[] := '{}';
   v_batch bigint[];
@@ -846,16 +864,22 @@ begin
   end if;
 
   -- KEY SHARE on the worker's row: a reaper deleting it waits until this claim commits, then
-  -- releases what it claimed; without it the claim could land on a worker already reaped.
-  select w.group_id into v_group_id
+  -- releases what it claimed; without it the claim could land on a worker already reaped. The
+  -- group row is read without a lock: a pause that commits during this fetch applies to the next.
+  select w.group_id, g.paused_at is not null into v_group_id, v_paused
   from pgxjob_workers w
+  join pgxjob_groups g on g.id = w.group_id
   where w.id = p_worker_id
-  for key share;
+  for key share of w;
 
   if v_group_id is null then
     raise exception 'pgxjob: worker % is not registered', p_worker_id
       using errcode = 'PJ004',
             hint = 'The worker was reaped or unregistered; register it again.';
+  end if;
+
+  if v_paused then
+    return;
   end if;
 
   -- Due periodic schedules of the group become ASAP jobs first, in this transaction, so this
@@ -1168,15 +1192,103 @@ CREATE FUNCTION pgxjob_public.pgxjob_grant_worker(role_name name) RETURNS SETOF 
       'pgxjob_register_group', 'pgxjob_register_job_type',
       'pgxjob_schedule', 'pgxjob_schedule_many', 'pgxjob_cancel_job', 'pgxjob_cancel_requests',
       'pgxjob_schedule_periodic', 'pgxjob_unschedule_periodic', 'pgxjob_periodic_job_status',
-      'pgxjob_register_worker', 'pgxjob_worker_heartbeat', 'pgxjob_reap_dead_workers',
-      'pgxjob_unregister_worker', 'pgxjob_fetch_jobs', 'pgxjob_next_run_in',
-      'pgxjob_release_unknown_jobs',
+      'pgxjob_register_worker', 'pgxjob_describe_worker', 'pgxjob_worker_heartbeat',
+      'pgxjob_reap_dead_workers', 'pgxjob_unregister_worker', 'pgxjob_fetch_jobs',
+      'pgxjob_next_run_in', 'pgxjob_release_unknown_jobs',
       'pgxjob_record_job_results', 'pgxjob_linear_backoff', 'pgxjob_prune_job_runs',
       'pgxjob_job_counts', 'pgxjob_worker_status', 'pgxjob_recent_job_runs',
-      'pgxjob_job_run_stats', 'pgxjob_status'
+      'pgxjob_job_run_stats', 'pgxjob_status',
+      'pgxjob_pause_group', 'pgxjob_resume_group', 'pgxjob_job_overview',
+      'pgxjob_group_overview', 'pgxjob_worker_overview', 'pgxjob_metrics', 'pgxjob_run_history',
+      'pgxjob_job_runs_page', 'pgxjob_job_detail', 'pgxjob_retry_job_run', 'pgxjob_run_job_now'
     ],
     array['pgxjob_schema_migrations']
   )
+$$;
+
+--
+-- Name: pgxjob_group_id(text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_group_id(p_group_name text) RETURNS integer
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+declare
+  v_id int;
+begin
+  select g.id into v_id from pgxjob_groups g where g.name = p_group_name;
+  if v_id is null then
+    raise exception 'pgxjob: unknown group "%"', p_group_name
+      using errcode = 'PJ002',
+            hint = 'Pass the name of a registered group; pgxjob status lists them.';
+  end if;
+  return v_id;
+end;
+$$;
+
+--
+-- Name: pgxjob_group_overview(timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_group_overview(p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(group_name text, paused_at timestamp with time zone, oldest_due_at timestamp with time zone, workers_alive integer, workers_stale integer, workers_dead integer)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_group record;
+  v_priority int;
+  v_at timestamptz;
+  v_oldest timestamptz;
+begin
+  for v_group in select g.id, g.name, g.paused_at from pgxjob_groups g order by g.name loop
+    -- ASAP jobs: the first id of each priority level is its oldest (ids grow with insertion).
+    v_oldest := null;
+    v_priority := null;
+    loop
+      select j.priority into v_priority
+      from pgxjob_asap_jobs j
+      where j.group_id = v_group.id
+        and j.worker_id is null
+        and (v_priority is null or j.priority < v_priority)
+      order by j.priority desc
+      limit 1;
+      exit when not found;
+
+      select j.inserted_at into v_at
+      from pgxjob_asap_jobs j
+      where j.group_id = v_group.id
+        and j.worker_id is null
+        and j.priority = v_priority
+      order by j.id
+      limit 1;
+      v_oldest := least(v_oldest, v_at);
+    end loop;
+
+    select min(j.next_run_at) into v_at
+    from pgxjob_run_at_jobs j
+    where j.group_id = v_group.id
+      and j.worker_id is null
+      and j.next_run_at <= v_now;
+
+    group_name := v_group.name;
+    paused_at := v_group.paused_at;
+    oldest_due_at := least(v_oldest, v_at);
+    select
+      count(*) filter (where w.heartbeat_at + w.dead_after * 2 / 5 >= v_now),
+      count(*) filter (where w.heartbeat_at + w.dead_after * 2 / 5 < v_now
+                         and greatest(w.heartbeat_at, pg_postmaster_start_time()) + w.dead_after
+                           >= v_now),
+      count(*) filter (where greatest(w.heartbeat_at, pg_postmaster_start_time()) + w.dead_after
+                         < v_now)
+    into workers_alive, workers_stale, workers_dead
+    from pgxjob_workers w
+    where w.group_id = v_group.id;
+    return next;
+  end loop;
+end;
 $$;
 
 --
@@ -1283,6 +1395,155 @@ end;
 $$;
 
 --
+-- Name: pgxjob_job_detail(bigint, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_job_detail(job_id bigint, p_now timestamp with time zone DEFAULT now()) RETURNS json
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+#variable_conflict use_variable
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_job json;
+  v_runs json;
+begin
+  select json_build_object(
+    'id', j.id,
+    'state', case
+      when j.worker_id is not null then 'running'
+      when j.asap then 'waiting'
+      when j.next_run_at <= v_now then 'due'
+      when j.error_count > 0 then 'retrying'
+      else 'scheduled'
+    end,
+    'group_name', g.name,
+    'job_type', t.name,
+    'type_id', j.type_id,
+    'params', j.params,
+    'inserted_at', j.inserted_at,
+    'run_at', j.run_at,
+    'next_run_at', j.next_run_at,
+    'error_count', j.error_count,
+    'last_error', j.last_error,
+    'priority', j.priority,
+    'unique_key', j.unique_key,
+    'cancel_requested', j.cancel_requested,
+    'worker_id', j.worker_id,
+    'worker_host', w.host,
+    'worker_pid', w.pid
+  )
+  into v_job
+  from (
+    select a.id, true as asap, a.group_id, a.type_id, a.params, a.inserted_at,
+      a.inserted_at as run_at, a.inserted_at as next_run_at, 0 as error_count,
+      null::text as last_error, a.priority, a.unique_key, a.cancel_requested, a.worker_id
+    from pgxjob_asap_jobs a
+    where a.id = job_id
+    union all
+    select r.id, false, r.group_id, r.type_id, r.params, r.inserted_at, r.run_at, r.next_run_at,
+      r.error_count, r.last_error, r.priority, r.unique_key, r.cancel_requested, r.worker_id
+    from pgxjob_run_at_jobs r
+    where r.id = job_id
+  ) j
+  join pgxjob_groups g on g.id = j.group_id
+  left join pgxjob_job_types t on t.id = j.type_id
+  left join pgxjob_workers w on w.id = j.worker_id;
+
+  select json_agg(json_build_object(
+    'run_number', r.run_number,
+    'group_name', g.name,
+    'job_type', t.name,
+    'inserted_at', r.inserted_at,
+    'run_at', r.run_at,
+    'started_at', r.started_at,
+    'finished_at', r.finished_at,
+    'params', r.params,
+    'error', r.error,
+    'outcome', r.outcome,
+    'output', r.output
+  ) order by r.run_number)
+  into v_runs
+  from pgxjob_job_runs r
+  join pgxjob_groups g on g.id = r.group_id
+  left join pgxjob_job_types t on t.id = r.type_id
+  where r.job_id = job_id;
+
+  if v_job is null and v_runs is null then
+    return null;
+  end if;
+  return json_build_object('job', v_job, 'runs', coalesce(v_runs, '[]'::json));
+end;
+$$;
+
+--
+-- Name: pgxjob_job_overview(timestamp with time zone, integer); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_job_overview(p_now timestamp with time zone DEFAULT now(), p_max_exact integer DEFAULT 20000) RETURNS TABLE(group_name text, job_type text, waiting bigint, due bigint, scheduled bigint, running bigint, estimated boolean)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_asap_pct double precision;
+  v_timed_pct double precision;
+begin
+  if p_max_exact is null or p_max_exact < 1 then
+    raise exception 'pgxjob: p_max_exact must be a positive number, got %', p_max_exact
+      using errcode = 'PJ005',
+            hint = 'Pass how many jobs to count exactly before sampling, for example 20000.';
+  end if;
+  v_asap_pct := pgxjob_sample_percent('asap', p_max_exact);
+  v_timed_pct := pgxjob_sample_percent('run_at', p_max_exact);
+
+  return query
+  with waiting as (
+    select j.group_id, j.type_id, pg_catalog.round(count(*) * 100 / v_asap_pct)::bigint as n
+    from pgxjob_asap_jobs j tablesample system (v_asap_pct)
+    where j.worker_id is null
+    group by j.group_id, j.type_id
+  ),
+  timed as (
+    select j.group_id, j.type_id,
+      pg_catalog.round(count(*) filter (where j.next_run_at <= v_now) * 100 / v_timed_pct)::bigint
+        as due,
+      pg_catalog.round(count(*) filter (where j.next_run_at > v_now) * 100 / v_timed_pct)::bigint
+        as scheduled
+    from pgxjob_run_at_jobs j tablesample system (v_timed_pct)
+    where j.worker_id is null
+    group by j.group_id, j.type_id
+  ),
+  held as (
+    select j.group_id, j.type_id, count(*) as n
+    from (
+      select a.group_id, a.type_id from pgxjob_asap_jobs a where a.worker_id is not null
+      union all
+      select r.group_id, r.type_id from pgxjob_run_at_jobs r where r.worker_id is not null
+    ) j
+    group by j.group_id, j.type_id
+  ),
+  keys as (
+    select t.default_group_id as group_id, t.id as type_id from pgxjob_job_types t
+    union select w.group_id, w.type_id from waiting w
+    union select d.group_id, d.type_id from timed d
+    union select h.group_id, h.type_id from held h
+  )
+  select g.name, coalesce(t.name, '<deleted job type id ' || k.type_id || '>'),
+    coalesce(w.n, 0), coalesce(d.due, 0), coalesce(d.scheduled, 0), coalesce(h.n, 0),
+    v_asap_pct < 100 or v_timed_pct < 100
+  from keys k
+  join pgxjob_groups g on g.id = k.group_id
+  left join pgxjob_job_types t on t.id = k.type_id
+  left join waiting w on w.group_id = k.group_id and w.type_id = k.type_id
+  left join timed d on d.group_id = k.group_id and d.type_id = k.type_id
+  left join held h on h.group_id = k.group_id and h.type_id = k.type_id
+  order by g.name, 2;
+end;
+$$;
+
+--
 -- Name: pgxjob_job_run_stats(timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
@@ -1323,6 +1584,115 @@ end;
 $$;
 
 --
+-- Name: pgxjob_job_runs_page(integer, text, text, text, timestamp with time zone, timestamp with time zone, timestamp with time zone, bigint, integer); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_job_runs_page(max_rows integer DEFAULT 50, in_group text DEFAULT NULL::text, of_type text DEFAULT NULL::text, with_outcome text DEFAULT NULL::text, since timestamp with time zone DEFAULT NULL::timestamp with time zone, until timestamp with time zone DEFAULT NULL::timestamp with time zone, after_finished_at timestamp with time zone DEFAULT NULL::timestamp with time zone, after_job_id bigint DEFAULT NULL::bigint, after_run_number integer DEFAULT NULL::integer) RETURNS TABLE(job_id bigint, run_number integer, group_name text, job_type text, inserted_at timestamp with time zone, run_at timestamp with time zone, started_at timestamp with time zone, finished_at timestamp with time zone, params json, error text, outcome text, output json)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+declare
+  v_type_id int;
+  v_group_id int;
+  v_top timestamptz;
+  v_cursor_job bigint := coalesce(after_job_id, 9223372036854775807);
+  v_cursor_run int := coalesce(after_run_number, 2147483647);
+  v_window interval;
+  v_low timestamptz;
+  v_found int;
+begin
+  if max_rows is null or max_rows < 1 or max_rows > 10000 then
+    raise exception 'pgxjob: max_rows must be between 1 and 10000, got %', max_rows
+      using errcode = 'PJ005',
+            hint = 'Pass how many runs a page holds, for example 50.';
+  end if;
+  if with_outcome is not null
+    and with_outcome not in ('succeeded', 'failed', 'retried', 'cancelled', 'stale')
+  then
+    raise exception 'pgxjob: unknown outcome "%"', with_outcome
+      using errcode = 'PJ005',
+            hint = 'Pass succeeded, failed, retried, cancelled, stale or null for every outcome.';
+  end if;
+  if (after_finished_at is null) <> (after_job_id is null)
+    or (after_job_id is null) <> (after_run_number is null)
+  then
+    raise exception 'pgxjob: after_finished_at, after_job_id and after_run_number go together'
+      using errcode = 'PJ005',
+            hint = 'Pass all three from the last row of the previous page, or none.';
+  end if;
+  if of_type is not null then
+    select t.id into v_type_id from pgxjob_job_types t where t.name = of_type;
+    if v_type_id is null then
+      raise exception 'pgxjob: unknown job type "%"', of_type
+        using errcode = 'PJ001',
+              hint = 'Pass the name of a registered job type, or null for every type.';
+    end if;
+  end if;
+  if in_group is not null then
+    v_group_id := pgxjob_group_id(in_group);
+  end if;
+
+  -- The upper end of the search: the cursor, else `until`, else nothing (a run may finish on a
+  -- worker's clock ahead of the database's).
+  v_top := case
+    when after_finished_at is not null and until is not null then least(after_finished_at, until)
+    else coalesce(after_finished_at, until)
+  end;
+  if until is not null and (after_finished_at is null or until <= after_finished_at) then
+    -- `until` is exclusive: no row at exactly until passes the cursor test below.
+    v_cursor_job := -9223372036854775807 - 1;
+  end if;
+
+  foreach v_window in array array[
+    interval '1 minute', interval '10 minutes', interval '1 hour', interval '6 hours',
+    interval '1 day', interval '7 days', interval '30 days', interval '365 days', null
+  ] loop
+    v_low := coalesce(v_top, now()) - v_window;
+    if v_window is not null and since is not null and v_low <= since then
+      -- The window reaches past `since`: this is the last one to read.
+      v_low := since;
+      v_window := null;
+    elsif v_window is null then
+      v_low := since;
+    end if;
+
+    if v_window is not null then
+      select count(*) into v_found
+      from (
+        select 1
+        from pgxjob_job_runs r
+        where r.finished_at >= v_low
+          and (v_top is null
+               or (r.finished_at, r.job_id, r.run_number) < (v_top, v_cursor_job, v_cursor_run))
+          and (v_type_id is null or r.type_id = v_type_id)
+          and (v_group_id is null or r.group_id = v_group_id)
+          and (with_outcome is null or r.outcome = with_outcome)
+        limit max_rows
+      ) enough;
+      continue when v_found < max_rows;
+    end if;
+
+    return query
+    select r.job_id, r.run_number, g.name, t.name, r.inserted_at, r.run_at, r.started_at,
+      r.finished_at, r.params, r.error, r.outcome, r.output
+    from pgxjob_job_runs r
+    join pgxjob_groups g on g.id = r.group_id
+    left join pgxjob_job_types t on t.id = r.type_id
+    where (v_low is null or r.finished_at >= v_low)
+      and (v_top is null
+           or (r.finished_at, r.job_id, r.run_number) < (v_top, v_cursor_job, v_cursor_run))
+      and (v_type_id is null or r.type_id = v_type_id)
+      and (v_group_id is null or r.group_id = v_group_id)
+      and (with_outcome is null or r.outcome = with_outcome)
+    order by r.finished_at desc, r.job_id desc, r.run_number desc
+    limit max_rows;
+    return;
+  end loop;
+end;
+$$;
+
+--
 -- Name: pgxjob_linear_backoff(integer, integer, interval, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
@@ -1350,6 +1720,41 @@ end;
 $$;
 
 --
+-- Name: pgxjob_metrics(timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_metrics(p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(metric text, group_name text, job_type text, state text, value double precision)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+declare
+  v_now timestamptz := coalesce(p_now, now());
+begin
+  return query
+  select 'pgxjob_jobs', o.group_name, o.job_type, s.state, s.value::double precision
+  from pgxjob_job_overview(v_now) o
+  cross join lateral (
+    values ('waiting', o.waiting), ('due', o.due), ('scheduled', o.scheduled),
+      ('running', o.running)
+  ) s(state, value);
+
+  return query
+  with groups as (select * from pgxjob_group_overview(v_now))
+  select 'pgxjob_oldest_waiting_job_age_seconds', g.group_name, null::text, null::text,
+    coalesce(greatest(0, extract(epoch from v_now) - extract(epoch from g.oldest_due_at)), 0)
+      ::double precision
+  from groups g
+  union all
+  select 'pgxjob_workers', g.group_name, null, s.state, s.value::double precision
+  from groups g
+  cross join lateral (
+    values ('alive', g.workers_alive), ('stale', g.workers_stale), ('dead', g.workers_dead)
+  ) s(state, value);
+end;
+$$;
+
+--
 -- Name: pgxjob_next_run_in(integer, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
@@ -1361,7 +1766,11 @@ declare
   v_group_id int;
   v_next timestamptz;
 begin
-  select w.group_id into v_group_id from pgxjob_workers w where w.id = p_worker_id;
+  select w.group_id into v_group_id
+  from pgxjob_workers w
+  join pgxjob_groups g on g.id = w.group_id
+  where w.id = p_worker_id
+    and g.paused_at is null;
   if v_group_id is null then
     return null;
   end if;
@@ -1387,6 +1796,24 @@ begin
 
   return make_interval(secs => greatest(-3.15e9, least(3.15e9,
     (extract(epoch from v_next) - extract(epoch from p_now))::double precision)));
+end;
+$$;
+
+--
+-- Name: pgxjob_pause_group(text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_pause_group(group_name text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+#variable_conflict use_variable
+begin
+  update pgxjob_groups g
+  set paused_at = now()
+  where g.id = pgxjob_group_id(group_name)
+    and g.paused_at is null;
+  return found;
 end;
 $$;
 
@@ -2040,6 +2467,178 @@ end;
 $$;
 
 --
+-- Name: pgxjob_resume_group(text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_resume_group(group_name text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+#variable_conflict use_variable
+begin
+  update pgxjob_groups g
+  set paused_at = null
+  where g.id = pgxjob_group_id(group_name)
+    and g.paused_at is not null;
+  if not found then
+    return false;
+  end if;
+  perform pg_notify('pgxjob_job_available', group_name);
+  return true;
+end;
+$$;
+
+--
+-- Name: pgxjob_retry_job_run(bigint, integer); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_retry_job_run(job_id bigint, run_number integer DEFAULT NULL::integer) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+#variable_conflict use_variable
+declare
+  v_run record;
+begin
+  select r.type_id, r.group_id, g.name as group_name, r.params, r.outcome, r.run_number
+  into v_run
+  from pgxjob_job_runs r
+  join pgxjob_groups g on g.id = r.group_id
+  where r.job_id = job_id
+    and (run_number is null or r.run_number = run_number)
+  order by r.run_number desc
+  limit 1;
+
+  if not found then
+    raise exception 'pgxjob: job % has no run %', job_id, coalesce(run_number::text, 'logged')
+      using errcode = 'PJ005',
+            hint = 'Pass the job id and run number of a failed run; pgxjob runs --failed lists them.';
+  end if;
+  if v_run.outcome is distinct from 'failed' then
+    raise exception 'pgxjob: run % of job % did not fail for good (its outcome is %)',
+      v_run.run_number, job_id, coalesce(v_run.outcome, 'not recorded')
+      using errcode = 'PJ005',
+            hint = 'Only a failed run can be retried; a retried job runs again on its own.';
+  end if;
+
+  return pgxjob_insert_job(v_run.type_id, v_run.group_id, v_run.group_name, v_run.params, null,
+                           0, null);
+end;
+$$;
+
+--
+-- Name: pgxjob_run_history(timestamp with time zone, interval); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_run_history(since timestamp with time zone DEFAULT (now() - '01:00:00'::interval), bucket interval DEFAULT '00:01:00'::interval) RETURNS TABLE(group_name text, job_type text, bucket_at timestamp with time zone, succeeded bigint, failed bigint, retried bigint, cancelled bigint)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+begin
+  if since is null or bucket is null or bucket <= interval '0' or bucket > interval '1 day'
+    or extract(epoch from bucket) < 1
+  then
+    raise exception 'pgxjob: since must be a time and bucket between a second and a day, got % '
+      'and %', since, bucket
+      using errcode = 'PJ005',
+            hint = 'Pass for example now() - interval ''1 hour'' and interval ''1 minute''.';
+  end if;
+
+  return query
+  select g.name, t.name, date_bin(bucket, r.finished_at, since) as b,
+    count(*) filter (where r.outcome = 'succeeded' or (r.outcome is null and r.error is null)),
+    count(*) filter (where r.outcome = 'failed' or (r.outcome is null and r.error is not null)),
+    count(*) filter (where r.outcome = 'retried'),
+    count(*) filter (where r.outcome = 'cancelled')
+  from pgxjob_job_runs r
+  join pgxjob_groups g on g.id = r.group_id
+  join pgxjob_job_types t on t.id = r.type_id
+  where r.finished_at >= since
+  group by g.name, t.name, b
+  order by g.name, t.name, b;
+end;
+$$;
+
+--
+-- Name: pgxjob_run_job_now(bigint, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_run_job_now(job_id bigint, p_now timestamp with time zone DEFAULT now()) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+#variable_conflict use_variable
+declare
+  v_now timestamptz := coalesce(p_now, now());
+  v_row record;
+begin
+  -- Lock order: the ASAP row, then the timed row (a job is in one of them).
+  select j.worker_id into v_row
+  from pgxjob_asap_jobs j
+  where j.id = job_id
+  for update;
+  if found then
+    return case when v_row.worker_id is null then 'already_due' else 'running' end;
+  end if;
+
+  select j.worker_id, j.next_run_at, g.name as group_name into v_row
+  from pgxjob_run_at_jobs j
+  join pgxjob_groups g on g.id = j.group_id
+  where j.id = job_id
+  for update of j;
+  if not found then
+    return 'not_found';
+  elsif v_row.worker_id is not null then
+    return 'running';
+  elsif v_row.next_run_at <= v_now then
+    return 'already_due';
+  end if;
+
+  update pgxjob_run_at_jobs j set next_run_at = v_now where j.id = job_id;
+  perform pg_notify('pgxjob_job_available', v_row.group_name);
+  return 'due';
+end;
+$$;
+
+--
+-- Name: pgxjob_sample_percent(text, integer); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_sample_percent(p_table text, p_max_exact integer) RETURNS double precision
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+declare
+  v_rel regclass;
+  v_rows bigint;
+  v_pages double precision;
+  v_per_page double precision;
+begin
+  if p_table = 'asap' then
+    v_rel := 'pgxjob_asap_jobs'::regclass;
+    select count(*) into v_rows
+    from (select 1 from pgxjob_asap_jobs j where j.worker_id is null limit p_max_exact + 1) s;
+  else
+    v_rel := 'pgxjob_run_at_jobs'::regclass;
+    select count(*) into v_rows
+    from (select 1 from pgxjob_run_at_jobs j where j.worker_id is null limit p_max_exact + 1) s;
+  end if;
+  if v_rows <= p_max_exact then
+    return 100;
+  end if;
+
+  v_pages := pg_catalog.pg_relation_size(v_rel)
+    / pg_catalog.current_setting('block_size')::double precision;
+  select case when c.relpages > 0 and c.reltuples > 0 then c.reltuples / c.relpages else 50 end
+  into v_per_page
+  from pg_catalog.pg_class c
+  where c.oid = v_rel;
+  return greatest(0.01, least(100, 100.0 * p_max_exact / greatest(v_pages * v_per_page, 1)));
+end;
+$$;
+
+--
 -- Name: pgxjob_schedule(text, json, text, timestamp with time zone, integer, text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
@@ -2310,6 +2909,35 @@ end;
 $$;
 
 --
+-- Name: pgxjob_worker_overview(timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_worker_overview(p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(worker_id integer, group_name text, host text, pid integer, inserted_at timestamp with time zone, heartbeat_at timestamp with time zone, heartbeat_age interval, dead_after interval, state text, jobs_held bigint)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $$
+#variable_conflict use_column
+declare
+  v_now timestamptz := coalesce(p_now, now());
+begin
+  return query
+  select w.id, g.name, w.host, w.pid, w.inserted_at, w.heartbeat_at, v_now - w.heartbeat_at,
+    w.dead_after,
+    case
+      when greatest(w.heartbeat_at, pg_postmaster_start_time()) + w.dead_after < v_now
+        then 'dead'
+      when w.heartbeat_at + w.dead_after * 2 / 5 < v_now then 'stale'
+      else 'alive'
+    end,
+    (select count(*) from pgxjob_asap_jobs j where j.worker_id = w.id)
+      + (select count(*) from pgxjob_run_at_jobs j where j.worker_id = w.id)
+  from pgxjob_workers w
+  join pgxjob_groups g on g.id = w.group_id
+  order by g.name, w.id;
+end;
+$$;
+
+--
 -- Name: pgxjob_worker_status(timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
@@ -2359,6 +2987,15 @@ CREATE FUNCTION public.pgxjob_cron_next(cron text, after timestamp with time zon
 select pgxjob_public.pgxjob_cron_next($1, $2, $3)$_$;
 
 --
+-- Name: pgxjob_describe_worker(integer, text, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_describe_worker(p_worker_id integer, p_host text, p_pid integer) RETURNS integer
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_describe_worker($1, $2, $3)$_$;
+
+--
 -- Name: pgxjob_fetch_jobs(integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2395,6 +3032,15 @@ CREATE FUNCTION public.pgxjob_grant_worker(role_name name) RETURNS SETOF text
 select * from pgxjob_public.pgxjob_grant_worker($1)$_$;
 
 --
+-- Name: pgxjob_group_overview(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_group_overview(p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(group_name text, paused_at timestamp with time zone, oldest_due_at timestamp with time zone, workers_alive integer, workers_stale integer, workers_dead integer)
+    LANGUAGE sql STABLE
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_group_overview($1)$_$;
+
+--
 -- Name: pgxjob_job_counts(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2402,6 +3048,24 @@ CREATE FUNCTION public.pgxjob_job_counts(p_now timestamp with time zone DEFAULT 
     LANGUAGE sql STABLE STRICT
     AS $_$-- pgxjob wrapper
 select * from pgxjob_public.pgxjob_job_counts($1)$_$;
+
+--
+-- Name: pgxjob_job_detail(bigint, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_job_detail(job_id bigint, p_now timestamp with time zone DEFAULT now()) RETURNS json
+    LANGUAGE sql STABLE
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_job_detail($1, $2)$_$;
+
+--
+-- Name: pgxjob_job_overview(timestamp with time zone, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_job_overview(p_now timestamp with time zone DEFAULT now(), p_max_exact integer DEFAULT 20000) RETURNS TABLE(group_name text, job_type text, waiting bigint, due bigint, scheduled bigint, running bigint, estimated boolean)
+    LANGUAGE sql STABLE
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_job_overview($1, $2)$_$;
 
 --
 -- Name: pgxjob_job_run_stats(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
@@ -2413,6 +3077,15 @@ CREATE FUNCTION public.pgxjob_job_run_stats(since timestamp with time zone DEFAU
 select * from pgxjob_public.pgxjob_job_run_stats($1)$_$;
 
 --
+-- Name: pgxjob_job_runs_page(integer, text, text, text, timestamp with time zone, timestamp with time zone, timestamp with time zone, bigint, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_job_runs_page(max_rows integer DEFAULT 50, in_group text DEFAULT NULL::text, of_type text DEFAULT NULL::text, with_outcome text DEFAULT NULL::text, since timestamp with time zone DEFAULT NULL::timestamp with time zone, until timestamp with time zone DEFAULT NULL::timestamp with time zone, after_finished_at timestamp with time zone DEFAULT NULL::timestamp with time zone, after_job_id bigint DEFAULT NULL::bigint, after_run_number integer DEFAULT NULL::integer) RETURNS TABLE(job_id bigint, run_number integer, group_name text, job_type text, inserted_at timestamp with time zone, run_at timestamp with time zone, started_at timestamp with time zone, finished_at timestamp with time zone, params json, error text, outcome text, output json)
+    LANGUAGE sql STABLE
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_job_runs_page($1, $2, $3, $4, $5, $6, $7, $8, $9)$_$;
+
+--
 -- Name: pgxjob_linear_backoff(integer, integer, interval, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2422,6 +3095,15 @@ CREATE FUNCTION public.pgxjob_linear_backoff(error_count integer, max_retries in
 select pgxjob_public.pgxjob_linear_backoff($1, $2, $3, $4)$_$;
 
 --
+-- Name: pgxjob_metrics(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_metrics(p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(metric text, group_name text, job_type text, state text, value double precision)
+    LANGUAGE sql STABLE
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_metrics($1)$_$;
+
+--
 -- Name: pgxjob_next_run_in(integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2429,6 +3111,15 @@ CREATE FUNCTION public.pgxjob_next_run_in(p_worker_id integer, p_now timestamp w
     LANGUAGE sql STABLE STRICT
     AS $_$-- pgxjob wrapper
 select pgxjob_public.pgxjob_next_run_in($1, $2)$_$;
+
+--
+-- Name: pgxjob_pause_group(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_pause_group(group_name text) RETURNS boolean
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_pause_group($1)$_$;
 
 --
 -- Name: pgxjob_periodic_job_status(); Type: FUNCTION; Schema: public; Owner: -
@@ -2512,6 +3203,42 @@ CREATE FUNCTION public.pgxjob_release_unknown_jobs(p_worker_id integer, p_known 
 select pgxjob_public.pgxjob_release_unknown_jobs($1, $2)$_$;
 
 --
+-- Name: pgxjob_resume_group(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_resume_group(group_name text) RETURNS boolean
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_resume_group($1)$_$;
+
+--
+-- Name: pgxjob_retry_job_run(bigint, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_retry_job_run(job_id bigint, run_number integer DEFAULT NULL::integer) RETURNS bigint
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_retry_job_run($1, $2)$_$;
+
+--
+-- Name: pgxjob_run_history(timestamp with time zone, interval); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_run_history(since timestamp with time zone DEFAULT (now() - '01:00:00'::interval), bucket interval DEFAULT '00:01:00'::interval) RETURNS TABLE(group_name text, job_type text, bucket_at timestamp with time zone, succeeded bigint, failed bigint, retried bigint, cancelled bigint)
+    LANGUAGE sql STABLE
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_run_history($1, $2)$_$;
+
+--
+-- Name: pgxjob_run_job_now(bigint, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_run_job_now(job_id bigint, p_now timestamp with time zone DEFAULT now()) RETURNS text
+    LANGUAGE sql
+    AS $_$-- pgxjob wrapper
+select pgxjob_public.pgxjob_run_job_now($1, $2)$_$;
+
+--
 -- Name: pgxjob_schedule(text, json, text, timestamp with time zone, integer, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2575,6 +3302,15 @@ CREATE FUNCTION public.pgxjob_worker_heartbeat(p_worker_id integer, p_now timest
 select pgxjob_public.pgxjob_worker_heartbeat($1, $2)$_$;
 
 --
+-- Name: pgxjob_worker_overview(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.pgxjob_worker_overview(p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(worker_id integer, group_name text, host text, pid integer, inserted_at timestamp with time zone, heartbeat_at timestamp with time zone, heartbeat_age interval, dead_after interval, state text, jobs_held bigint)
+    LANGUAGE sql STABLE
+    AS $_$-- pgxjob wrapper
+select * from pgxjob_public.pgxjob_worker_overview($1)$_$;
+
+--
 -- Name: pgxjob_worker_status(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2611,6 +3347,7 @@ WITH (fillfactor='90');
 CREATE TABLE pgxjob_public.pgxjob_groups (
     id integer NOT NULL,
     name text NOT NULL,
+    paused_at timestamp with time zone,
     CONSTRAINT pgxjob_groups_name_not_empty CHECK ((name <> ''::text))
 );
 
@@ -2765,6 +3502,8 @@ CREATE TABLE pgxjob_public.pgxjob_workers (
     heartbeat_at timestamp with time zone NOT NULL,
     dead_after interval NOT NULL,
     previous_heartbeat_at timestamp with time zone NOT NULL,
+    host text,
+    pid integer,
     CONSTRAINT pgxjob_workers_dead_after_positive CHECK ((dead_after > '00:00:00'::interval))
 );
 

@@ -797,6 +797,94 @@ def setup_status(conn: psycopg.Connection[Any]) -> list[Statement]:
     return [("select pgxjob_status(%s::int, %s::timestamptz)", (5, NOW))]
 
 
+def add_failed_run(conn: psycopg.Connection[Any]) -> int:
+    """A run that failed for good (outcome failed); returns its job id."""
+    group_id, type_id = ids(conn)
+    row = conn.execute(
+        "insert into pgxjob_public.pgxjob_job_runs"
+        " (job_id, run_number, group_id, type_id, inserted_at, run_at, started_at, finished_at,"
+        " params, error, outcome)"
+        " values (pg_catalog.nextval('pgxjob_public.pgxjob_job_id_seq'), 1, %s::int, %s::int,"
+        " %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::timestamptz, '[1]'::json,"
+        " 'boom', 'failed') returning job_id",
+        (group_id, type_id, NOW, NOW, NOW, NOW),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def setup_describe_worker(conn: psycopg.Connection[Any]) -> list[Statement]:
+    worker = add_worker(conn, NOW)
+    return [("select pgxjob_describe_worker(%s::int, %s::text, %s::int)", (worker, "h", 1))]
+
+
+def setup_pause_group(_: psycopg.Connection[Any]) -> list[Statement]:
+    return [
+        ("select pgxjob_pause_group(%s::text)", (GROUP,)),
+        ("select pgxjob_resume_group(%s::text)", (GROUP,)),
+    ]
+
+
+def setup_job_overview(conn: psycopg.Connection[Any]) -> list[Statement]:
+    with_some_of_everything(conn)
+    sql_text = "select * from pgxjob_job_overview(%s::timestamptz, %s::int)"
+    # Exact, and sampled (more than one unclaimed job in a table).
+    return [(sql_text, (NOW, 100000)), (sql_text, (NOW, 1))]
+
+
+def setup_group_overview(conn: psycopg.Connection[Any]) -> list[Statement]:
+    with_some_of_everything(conn)
+    return [("select * from pgxjob_group_overview(%s::timestamptz)", (NOW,))]
+
+
+def setup_worker_overview(conn: psycopg.Connection[Any]) -> list[Statement]:
+    with_some_of_everything(conn)
+    return [("select * from pgxjob_worker_overview(%s::timestamptz)", (NOW,))]
+
+
+def setup_metrics(conn: psycopg.Connection[Any]) -> list[Statement]:
+    with_some_of_everything(conn)
+    return [("select * from pgxjob_metrics(%s::timestamptz)", (NOW,))]
+
+
+def setup_run_history(conn: psycopg.Connection[Any]) -> list[Statement]:
+    with_some_of_everything(conn)
+    return [("select * from pgxjob_run_history(%s::timestamptz, %s::interval)", (LONG_AGO, "1m"))]
+
+
+def setup_job_runs_page(conn: psycopg.Connection[Any]) -> list[Statement]:
+    with_some_of_everything(conn)
+    add_failed_run(conn)
+    sql_text = (
+        "select * from pgxjob_job_runs_page(%s::int, %s::text, %s::text, %s::text,"
+        " %s::timestamptz, %s::timestamptz, %s::timestamptz, %s::bigint, %s::int)"
+    )
+    return [
+        (sql_text, (1, None, None, None, None, None, None, None, None)),
+        (sql_text, (5, GROUP, JOB_TYPE, "failed", LONG_AGO, NOW, NOW, 1, 1)),
+    ]
+
+
+def setup_job_detail(conn: psycopg.Connection[Any]) -> list[Statement]:
+    worker = add_worker(conn, NOW)
+    job = add_timed_job(conn, NOW, worker)
+    failed = add_failed_run(conn)
+    sql_text = "select pgxjob_job_detail(%s::bigint, %s::timestamptz)"
+    return [(sql_text, (job, NOW)), (sql_text, (failed, NOW)), (sql_text, (-1, NOW))]
+
+
+def setup_retry_job_run(conn: psycopg.Connection[Any]) -> list[Statement]:
+    failed = add_failed_run(conn)
+    return [("select pgxjob_retry_job_run(%s::bigint, %s::int)", (failed, 1))]
+
+
+def setup_run_job_now(conn: psycopg.Connection[Any]) -> list[Statement]:
+    timed = add_timed_job(conn, NOW + dt.timedelta(hours=1))
+    asap = add_asap_job(conn)
+    sql_text = "select pgxjob_run_job_now(%s::bigint, %s::timestamptz)"
+    return [(sql_text, (timed, NOW)), (sql_text, (asap, NOW)), (sql_text, (-1, NOW))]
+
+
 def setup_grant_application(_: psycopg.Connection[Any]) -> list[Statement]:
     return [("select * from pgxjob_grant_application(current_user)", ())]
 
@@ -833,6 +921,18 @@ CALLS: dict[str, Setup] = {
     "pgxjob_recent_job_runs": setup_recent_job_runs,
     "pgxjob_job_run_stats": setup_job_run_stats,
     "pgxjob_status": setup_status,
+    "pgxjob_describe_worker": setup_describe_worker,
+    "pgxjob_pause_group": setup_pause_group,
+    "pgxjob_resume_group": setup_pause_group,
+    "pgxjob_job_overview": setup_job_overview,
+    "pgxjob_group_overview": setup_group_overview,
+    "pgxjob_worker_overview": setup_worker_overview,
+    "pgxjob_metrics": setup_metrics,
+    "pgxjob_run_history": setup_run_history,
+    "pgxjob_job_runs_page": setup_job_runs_page,
+    "pgxjob_job_detail": setup_job_detail,
+    "pgxjob_retry_job_run": setup_retry_job_run,
+    "pgxjob_run_job_now": setup_run_job_now,
 }
 CALLERS = ("app_attacker", "worker_attacker", "worker", "owner")
 

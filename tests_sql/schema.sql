@@ -21,10 +21,11 @@ select results_eq(
   'the install schema holds only the version table'
 );
 
-select columns_are('pgxjob_groups', array['id', 'name']);
+select columns_are('pgxjob_groups', array['id', 'name', 'paused_at']);
 select columns_are('pgxjob_job_types', array['id', 'name', 'default_group_id']);
 select columns_are('pgxjob_workers',
-  array['id', 'group_id', 'inserted_at', 'heartbeat_at', 'dead_after', 'previous_heartbeat_at']);
+  array['id', 'group_id', 'inserted_at', 'heartbeat_at', 'dead_after', 'previous_heartbeat_at',
+        'host', 'pid']);
 select columns_are('pgxjob_asap_jobs',
   array['id', 'inserted_at', 'group_id', 'type_id', 'worker_id', 'params', 'priority',
         'unique_key', 'cancel_requested']);

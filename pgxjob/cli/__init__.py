@@ -1,4 +1,4 @@
-"""The ``pgxjob`` command line: migrate, worker, schedule, status, runs, prune and embedded.
+"""The ``pgxjob`` command line: migrate, worker, schedule, status, runs, prune, dashboard, embedded.
 
 Every command picks its database the same way: ``--database-url``, else ``DATABASE_URL``, else
 the embedded PostgreSQL in ``.pgxjob/pg`` (see :mod:`pgxjob.embedded`). Exit codes: 0 success,
@@ -39,6 +39,7 @@ from pgxjob.cli.common import (
     CommandError,
     UsageError,
 )
+from pgxjob.cli.dashboard import cmd_dashboard
 from pgxjob.cli.parsing import build_parser, parse_duration, parse_run_at
 from pgxjob.cli.worker import cmd_worker
 from pgxjob.errors import PgxjobError
@@ -55,6 +56,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "runs": cmd_runs,
     "prune": cmd_prune,
+    "dashboard": cmd_dashboard,
     "embedded": cmd_embedded,
 }
 

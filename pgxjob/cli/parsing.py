@@ -164,6 +164,13 @@ def _unique_key(text: str) -> str:
     return text
 
 
+def _port(text: str) -> int:
+    port = _whole_number(text, 1)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {text!r}")
+    return port
+
+
 def _seconds(text: str) -> float:
     """Seconds as a number (``2.5``) or a duration with a unit (``500ms``, ``1m``)."""
     try:
@@ -355,6 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level of the worker's log on stderr (default: info, or warning with --progress)",
     )
 
+    worker.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        metavar="N",
+        help="serve this process's Prometheus metrics on port N (needs the dashboard extra)",
+    )
+    worker.add_argument(
+        "--metrics-bind",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="the address of --metrics-port (default: 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+
     schedule = command("schedule", "schedule a job and print its id")
     schedule.add_argument("job_type", metavar="TYPE", help="a registered job type")
     schedule.add_argument(
@@ -431,6 +452,34 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="DURATION",
         help="delete runs that finished longer ago than this, for example 30d or 12h",
+    )
+
+    dashboard = command(
+        "dashboard", "serve the web dashboard and its Prometheus /metrics (dashboard extra)"
+    )
+    dashboard.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="listen on this address (default: 127.0.0.1; any other needs --token-file)",
+    )
+    dashboard.add_argument(
+        "--port", type=_port, default=8080, metavar="N", help="listen on this port (default: 8080)"
+    )
+    dashboard.add_argument(
+        "--read-only", action="store_true", help="show everything, offer no action"
+    )
+    dashboard.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="a file (mode 600) holding a token of at least 16 characters that every page, "
+        "action and /metrics then needs",
+    )
+    dashboard.add_argument(
+        "--base-path",
+        metavar="PATH",
+        default="",
+        help="serve under this path, for example /jobs behind a reverse proxy (default: /)",
     )
 
     embedded_cmd = command(

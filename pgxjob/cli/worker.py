@@ -139,6 +139,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     stop = threading.Event()
     ran = False
     clean = False
+    stop_metrics = _serve_metrics(args, scheduler) if args.metrics_port else None
     try:
         try:
             scheduler.wait_ready()
@@ -187,6 +188,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         stop.set()
         if not ran:
             scheduler.close(timeout=5.0)
+        if stop_metrics is not None:
+            stop_metrics()
         if watcher is not None and watcher.is_alive():
             watcher.join(5.0)
         if progress is not None:
@@ -199,6 +202,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
         logger.warning("shutdown did not finish in time: unfinished jobs run again elsewhere")
         return EXIT_RUNTIME
     return EXIT_OK
+
+
+def _serve_metrics(args: argparse.Namespace, scheduler: Scheduler) -> Callable[[], None]:
+    try:
+        from pgxjob.prometheus import serve_worker_metrics
+    except ImportError as exc:
+        scheduler.close(timeout=5.0)
+        raise CommandError(
+            f"--metrics-port needs the dashboard extra ({exc.name} is missing): "
+            "pip install 'pgxjob[dashboard]'"
+        ) from None
+    try:
+        _, stop = serve_worker_metrics(scheduler, args.metrics_port, addr=args.metrics_bind)
+    except OSError as exc:
+        scheduler.close(timeout=5.0)
+        raise CommandError(
+            f"cannot serve metrics on {args.metrics_bind}:{args.metrics_port}: "
+            f"{exc.strerror or exc}; pick another --metrics-port"
+        ) from None
+    logger.info("metrics on http://%s:%d/metrics", args.metrics_bind, args.metrics_port)
+    return stop
 
 
 def _check_same_database(
