@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
 import inspect
 import itertools
@@ -17,6 +18,7 @@ import psycopg
 from pgxjob import context, queries
 from pgxjob.durations import Seconds, seconds
 from pgxjob.errors import WorkerNotRegisteredError
+from pgxjob.eventloop import EventLoopThread
 from pgxjob.heartbeat import Heartbeat
 from pgxjob.jobs import (
     ErrorWithRetry,
@@ -24,6 +26,7 @@ from pgxjob.jobs import (
     JobCancelled,
     JobGroup,
     JobType,
+    Signal,
     failure_text,
     is_final_run,
 )
@@ -70,6 +73,7 @@ class Worker:
         min_heartbeat_delay: Seconds,
         heartbeat_delay_jitter: Seconds,
         worker_dead_without_heartbeat: Seconds | None,
+        event_loop_block_threshold: Seconds = 0.25,
     ) -> None:
         for name, value in (
             ("max_concurrent_jobs", max_concurrent_jobs),
@@ -86,6 +90,9 @@ class Worker:
         self._poll_interval = seconds(poll_interval, "poll_interval", allow_zero=False)
         max_age = seconds(max_buffered_job_result_age, "max_buffered_job_result_age")
         self._should_log_job_run = should_log_job_run
+        self._block_threshold = seconds(
+            event_loop_block_threshold, "event_loop_block_threshold", allow_zero=False
+        )
         min_delay = seconds(min_heartbeat_delay, "min_heartbeat_delay", allow_zero=False)
         jitter = seconds(heartbeat_delay_jitter, "heartbeat_delay_jitter")
         if worker_dead_without_heartbeat is None:
@@ -103,7 +110,7 @@ class Worker:
         self._name = f"pgxjob-worker-{group_name}-{next(_worker_numbers)}"
         self.startup_complete = threading.Event()
         """Set once the worker is registered in the database and fetching."""
-        self.shutdown_requested = threading.Event()
+        self.shutdown_requested = Signal()
         """Set when shutdown starts; each job this worker runs sees it as job.shutdown_requested."""
         self._id: int | None = None
         self._group: JobGroup | None = None
@@ -153,6 +160,9 @@ class Worker:
         self._own_threads = {self._fetch_thread, *self._runners, self._flush_thread}
         self._shutdown_thread: threading.Thread | None = None
         self._shutdown_lock = threading.Lock()
+        # Made when the first async job runs: a worker of sync job types never starts one.
+        self._event_loop: EventLoopThread | None = None
+        self._event_loop_lock = threading.Lock()
 
     def _thread(
         self, name: str, role: str, body: Callable[[], None], backoff: threading.Event
@@ -341,7 +351,7 @@ class Worker:
             # A type row deleted under its jobs comes back without a name: say its id.
             name = row.type_name or f"<deleted job type id {row.type_id}>"
             job_type = JobType(row.type_id, name, self._group, _no_handler(name))
-        cancel_requested = threading.Event()
+        cancel_requested = Signal()
         if row.cancel_requested:
             cancel_requested.set()
         return Job(
@@ -391,19 +401,28 @@ class Worker:
             )
             return False
         try:
-            # An async handler hidden from the declaration check returns a coroutine: fail the
-            # job rather than count it a success.
             run_job: Callable[[Job], object] = job.type.run_job
             returned = run_job(job)
             if inspect.isawaitable(returned):
-                if inspect.iscoroutine(returned):
-                    returned.close()
-                raise TypeError(
-                    f"the handler of job type {job.type.name!r} returned an awaitable, which "
-                    "pgxjob never awaits: handlers run on threads and must do their work before "
-                    "returning (e.g. asyncio.run(...))"
-                )
+                # An async handler: its coroutine runs on the worker's event loop, and this
+                # runner thread waits for it, so everything below is the same for both kinds.
+                returned = self._loop().run(job, returned)
             output = _output_json(job, returned)
+        except concurrent.futures.CancelledError as exc:
+            if not self._abandoned.is_set():
+                err = exc
+            else:
+                # Cancelled at the shutdown deadline: unregistering released the job, which
+                # runs again elsewhere; nothing is recorded.
+                logger.warning(
+                    "pgxjob worker %s: job %s (%s) was cancelled at the shutdown deadline and "
+                    "released",
+                    self._name,
+                    job.id,
+                    job.type.name,
+                )
+                self._queue.forget([job.id])
+                return False
         except (SystemExit, KeyboardInterrupt) as exc:
             # The process is being stopped, not the job failing: hand the job back untouched
             # (no attempt counted) and shut the worker down.
@@ -435,6 +454,23 @@ class Worker:
             self._result(job, started_at, finished_at, err, output=output, cancelled=cancelled),
         )
         return False
+
+    def _loop(self) -> EventLoopThread:
+        with self._event_loop_lock:
+            if self._event_loop is None:
+                self._event_loop = EventLoopThread(
+                    f"{self._name}-loop", block_threshold=self._block_threshold
+                )
+                # A handler on the loop that calls shutdown() must not wait for itself.
+                self._own_threads.add(self._event_loop.thread)
+                self._event_loop.start()
+            return self._event_loop
+
+    def _stop_loop(self) -> None:
+        with self._event_loop_lock:
+            event_loop = self._event_loop
+        if event_loop is not None:
+            event_loop.stop()
 
     def _log_failure(self, job: Job, err: BaseException) -> None:
         attempt = job.error_count + 1
@@ -535,6 +571,7 @@ class Worker:
             for runner in self._runners:
                 runner.join()
             self._results.close()
+            self._stop_loop()
             self._flush_thread.join()
         except BaseException as exc:  # pragma: no cover - defensive: the worker must still stop
             self._report(exc)
@@ -586,6 +623,17 @@ class Worker:
         self._heartbeat.stop()
         self._abandoned.set()
         self._results.abandon()
+        with self._event_loop_lock:
+            event_loop = self._event_loop
+        if event_loop is not None:
+            # Unlike threads, coroutines can be stopped: their runners then return at once.
+            cancelled = event_loop.cancel_all()
+            if cancelled:
+                logger.warning(
+                    "pgxjob worker %s: cancelled %d running async jobs at the shutdown deadline",
+                    self._name,
+                    cancelled,
+                )
         worker_id = self._id
         if worker_id is None:
             return
