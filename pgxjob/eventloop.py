@@ -4,11 +4,11 @@ that reports a handler blocking it."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 from pgxjob.jobs import Job
@@ -17,24 +17,22 @@ __all__ = ["EventLoopThread"]
 
 logger = logging.getLogger(__name__)
 
-# How long the thread that stops the loop waits for it to finish its last callbacks.
+# How long stop() waits for the loop to finish its last callbacks.
 _STOP_TIMEOUT = 5.0
 
 
 class EventLoopThread:
-    """An asyncio loop on a thread of its own, running one coroutine per async job.
+    """An asyncio loop on a thread of its own, running one task per async job.
 
-    A runner thread hands its job's coroutine over with :meth:`run` and waits for its result,
-    so the worker's ``max_concurrent_jobs`` bounds sync and async jobs alike. While coroutines
-    run, the loop ticks every half ``block_threshold``; a watch thread that sees no tick for
-    longer than ``block_threshold`` logs a warning naming the job whose handler holds the loop
-    (as asyncio's debug mode reports slow callbacks, without its cost).
+    While jobs run, the loop ticks every half ``block_threshold``; a watch thread that sees no
+    tick for longer than ``block_threshold`` logs a warning naming the job whose handler holds
+    the loop (as asyncio's debug mode reports slow callbacks, without its cost).
     """
 
     def __init__(self, name: str, *, block_threshold: float) -> None:
         self._name = name
         self._block_threshold = block_threshold
-        self._loop = asyncio.new_event_loop()
+        self.loop = asyncio.new_event_loop()
         self._lock = threading.Lock()
         self._running: dict[asyncio.Task[Any], Job] = {}
         self._busy = threading.Event()
@@ -48,19 +46,23 @@ class EventLoopThread:
         self.thread.start()
         self._watch.start()
 
-    # -- running coroutines ---------------------------------------------------------------------
+    def call_soon(self, callback: Callable[[], object]) -> None:
+        """Run callback on the loop, from any thread; nothing once the loop is closed."""
+        if threading.current_thread() is self.thread:
+            callback()
+            return
+        with contextlib.suppress(RuntimeError):  # closed
+            self.loop.call_soon_threadsafe(callback)
 
-    def run(self, job: Job, awaitable: Awaitable[Any]) -> Any:
-        """Run the job's coroutine on the loop; block the calling thread until it is done.
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Start a task on the loop (from the loop's thread)."""
+        self.loop.create_task(coroutine)
 
-        Raises what the coroutine raises; ``concurrent.futures.CancelledError`` when it was
-        cancelled (:meth:`cancel_all`). The coroutine's context is a copy of the caller's, so
-        context variables set on the runner thread (``pgxjob.ctx()``) are seen in the handler.
-        """
-        future = asyncio.run_coroutine_threadsafe(self._guard(job, awaitable), self._loop)
-        return future.result()
+    # -- jobs ---------------------------------------------------------------------------------
 
-    async def _guard(self, job: Job, awaitable: Awaitable[Any]) -> Any:
+    @contextlib.contextmanager
+    def running(self, job: Job) -> Iterator[None]:
+        """Inside a job's task on the loop: the watch and :meth:`cancel_all` know of it."""
         task = asyncio.current_task()
         assert task is not None
         with self._lock:
@@ -70,42 +72,49 @@ class EventLoopThread:
             self._ticking = True
             self._tick()
         try:
-            return await awaitable
+            yield
         finally:
             with self._lock:
                 del self._running[task]
                 if not self._running:
                     self._busy.clear()
 
+    def run(self, job: Job, awaitable: Awaitable[Any]) -> Any:
+        """Await an awaitable on the loop for a runner thread, blocking it until done.
+
+        For a sync handler that returns an awaitable; coroutine functions run as tasks.
+        """
+
+        async def guarded() -> Any:
+            with self.running(job):
+                return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(guarded(), self.loop).result()
+
     def cancel_all(self) -> int:
-        """Cancel every running coroutine (a shutdown deadline passed); return how many."""
+        """Cancel every running job's task (a shutdown deadline passed); return how many."""
         with self._lock:
             tasks = list(self._running)
         for task in tasks:
-            try:
-                self._loop.call_soon_threadsafe(task.cancel)
-            except RuntimeError:  # the loop is closed
-                return 0
+            self.call_soon(task.cancel)
         return len(tasks)
 
     # -- the loop thread ------------------------------------------------------------------------
 
     def _run_loop(self) -> None:
-        asyncio.set_event_loop(self._loop)
+        asyncio.set_event_loop(self.loop)
         while not self._stopping.is_set():
             try:
-                self._loop.run_forever()
-            except BaseException as exc:  # SystemExit or KeyboardInterrupt out of a handler
-                # The task that raised it has it as its result, and its runner deals with it;
-                # the loop goes on for the other coroutines.
-                logger.debug("pgxjob: %s: %s left the event loop", self._name, type(exc).__name__)
+                self.loop.run_forever()
+            except BaseException as exc:  # SystemExit or KeyboardInterrupt out of a callback
+                logger.error("pgxjob %s: %s left the event loop", self._name, type(exc).__name__)
         try:
             # Async generators left suspended (the scheduler's async pool made on this loop by
             # a handler's schedule_async) are finalized, which closes what they hold.
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-            self._loop.run_until_complete(self._loop.shutdown_default_executor())
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
         finally:
-            self._loop.close()
+            self.loop.close()
 
     def stop(self) -> None:
         """Stop the loop once its callbacks are done; wait a few seconds for it."""
@@ -114,7 +123,7 @@ class EventLoopThread:
         self._stopping.set()
         self._busy.set()  # wakes the watch, which then ends
         try:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            self.loop.call_soon_threadsafe(self.loop.stop)
         except RuntimeError:
             return
         if threading.current_thread() is not self.thread:
@@ -125,7 +134,7 @@ class EventLoopThread:
     def _tick(self) -> None:
         self._tick_at = time.monotonic()
         if self._running and not self._stopping.is_set():
-            self._loop.call_later(self._block_threshold / 2, self._tick)
+            self.loop.call_later(self._block_threshold / 2, self._tick)
         else:
             self._ticking = False
 
@@ -139,7 +148,7 @@ class EventLoopThread:
             if blocked_for <= self._block_threshold or not self._ticking:
                 reported = None
                 continue
-            task = _current_task(self._loop)
+            task = _current_task(self.loop)
             if task is None or task is reported:
                 continue
             with self._lock:
@@ -165,6 +174,3 @@ def _current_task(loop: asyncio.AbstractEventLoop) -> asyncio.Task[Any] | None:
         return asyncio.current_task(loop)
     except RuntimeError:
         return None
-
-
-CancelledError = concurrent.futures.CancelledError

@@ -849,8 +849,8 @@ class Scheduler:
         poolers such as PgBouncer in transaction mode that cannot carry LISTEN.
 
         Sync handlers run on the worker's runner threads; async handlers (coroutine functions)
-        run on the worker's event loop, one thread made when its first async job starts. Up to
-        ``max_concurrent_jobs`` jobs of either kind run at once. An async handler that holds
+        run as tasks on the worker's event loop, one thread made when its first async job
+        arrives. Up to ``max_concurrent_jobs`` jobs run at once, of both kinds together. An async handler that holds
         the loop for longer than ``event_loop_block_threshold`` seconds (a blocking call) is
         logged as a warning naming its job and type.
         """
