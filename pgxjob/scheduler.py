@@ -850,9 +850,9 @@ class Scheduler:
 
         Sync handlers run on the worker's runner threads; async handlers (coroutine functions)
         run as tasks on the worker's event loop, one thread made when its first async job
-        arrives. Up to ``max_concurrent_jobs`` jobs run at once, of both kinds together. An async handler that holds
-        the loop for longer than ``event_loop_block_threshold`` seconds (a blocking call) is
-        logged as a warning naming its job and type.
+        arrives. Up to ``max_concurrent_jobs`` jobs run at once, of both kinds together. An
+        async handler that holds the loop for longer than ``event_loop_block_threshold`` seconds
+        (a blocking call) is logged as a warning naming its job and type.
         """
         if self._closed.is_set():
             raise RuntimeError("this scheduler is closed; create a new one to start workers")
