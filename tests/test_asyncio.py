@@ -241,9 +241,9 @@ def test_async_handlers_run_at_once_on_one_loop_thread_beside_sync_handlers(
     assert all(contexts)
     assert greeted == [("Cy", f"{worker.name}-loop")]
     assert len(sync_threads) == 1 and "-run-" in sync_threads[0]
-    outcomes = sorted((outcome, output) for _, _, outcome, output in runs(clean_db))
+    outcomes = sorted((outcome, output or "") for _, _, outcome, output in runs(clean_db))
     assert outcomes == sorted(
-        [("succeeded", None)] * 5 + [("succeeded", '"sync"'), ("succeeded", '{"hello":"Cy"}')]
+        [("succeeded", "")] * 5 + [("succeeded", '"sync"'), ("succeeded", '{"hello":"Cy"}')]
     )
 
 

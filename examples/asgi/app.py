@@ -89,8 +89,9 @@ def create_app(database_url: str | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # The web process only schedules: register=False needs no worker privileges.
-        app.state.scheduler = pgxjob.Scheduler(conninfo, register=False)
+        # The web process starts no worker; its Scheduler registers the job types (in the
+        # background), so the endpoint can schedule before any worker has run.
+        app.state.scheduler = make_scheduler(conninfo)
         app.state.pool = AsyncConnectionPool(conninfo, min_size=1, max_size=4, open=False)
         await app.state.pool.open()
         async with app.state.pool.connection() as conn:

@@ -12,8 +12,8 @@ from typing import Any
 
 import psycopg
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_scoped_session
+from sqlalchemy.orm import Session, scoped_session
 
 __all__ = ["async_driver_connection", "sync_driver_connection"]
 
@@ -30,7 +30,9 @@ def _other_driver(driver: object) -> TypeError:
 
 def sync_driver_connection(obj: object) -> psycopg.Connection[Any]:
     """The psycopg.Connection of a Session's transaction (begun if need be) or a Connection's."""
-    if isinstance(obj, AsyncSession | AsyncConnection):
+    if isinstance(obj, scoped_session):
+        obj = obj()
+    if isinstance(obj, AsyncSession | AsyncConnection | async_scoped_session):
         raise TypeError(
             f"conn is a SQLAlchemy {type(obj).__name__}; from async code use "
             "`await scheduler.schedule_async(conn, ...)`"
@@ -50,7 +52,9 @@ def sync_driver_connection(obj: object) -> psycopg.Connection[Any]:
 
 async def async_driver_connection(obj: object) -> psycopg.AsyncConnection[Any]:
     """The psycopg.AsyncConnection of an AsyncSession's or AsyncConnection's transaction."""
-    if isinstance(obj, Session | Connection):
+    if isinstance(obj, async_scoped_session):
+        obj = obj()
+    if isinstance(obj, Session | Connection | scoped_session):
         raise TypeError(
             f"conn is a sync SQLAlchemy {type(obj).__name__}; use scheduler.schedule(conn, ...)"
         )
