@@ -401,3 +401,65 @@ def test_signal_views_are_set_from_another_thread_and_time_out() -> None:
     assert asyncio.run(main()) == (False, True, True)
     # A loop that asks after the set gets a view that is set already.
     assert asyncio.run(signal.wait_async(0)) is True
+
+
+def test_concurrent_schedule_async_calls_share_one_pool_of_the_loop(
+    clean_db: str, scheduler_for: Callable[..., pgxjob.Scheduler]
+) -> None:
+    scheduler = scheduler_for(pgxjob.JobTypeConfig("async_t", _noop))
+
+    async def main() -> list[int]:
+        ids = await asyncio.gather(
+            *(scheduler.schedule_async(None, "async_t", {"i": i}) for i in range(20))
+        )
+        assert len(scheduler._async_pools) == 1
+        return list(ids)
+
+    ids = asyncio.run(main())
+    assert sorted(ids) == [row[0] for row in jobs(clean_db)] and len(set(ids)) == 20
+
+
+def test_a_sync_callable_returning_a_coroutine_has_it_awaited_on_the_loop(
+    clean_db: str, scheduler_for: Callable[..., pgxjob.Scheduler]
+) -> None:
+    async def body(job: pgxjob.Job) -> str:
+        await asyncio.sleep(0)
+        return threading.current_thread().name
+
+    scheduler = scheduler_for(pgxjob.JobTypeConfig("wrapped", lambda job: body(job)))
+    scheduler.schedule(None, "wrapped")
+    worker = scheduler.start_worker()
+    wait_for(lambda: len(runs(clean_db)) == 1, 20, "the run")
+    assert worker.shutdown(10)
+    assert [output for _, _, _, output in runs(clean_db)] == [f'"{worker.name}-loop"']
+
+
+def test_system_exit_in_an_async_handler_releases_its_job_and_stops_the_worker(
+    clean_db: str, scheduler_for: Callable[..., pgxjob.Scheduler]
+) -> None:
+    async def exits(job: pgxjob.Job) -> None:
+        raise SystemExit(3)
+
+    scheduler = scheduler_for(pgxjob.JobTypeConfig("exits", exits))
+    job_id = scheduler.schedule(None, "exits")
+    worker = scheduler.start_worker()
+    wait_for(lambda: worker.stopped, 20, "the worker to stop")
+    # Handed back untouched: no attempt counted, no run logged, owned by nobody.
+    assert query(clean_db, "select id, worker_id from pgxjob_asap_jobs") == [(job_id, None)]
+    assert runs(clean_db) == []
+
+
+def test_an_async_handler_can_shut_its_worker_down_without_waiting_for_itself(
+    clean_db: str, scheduler_for: Callable[..., pgxjob.Scheduler]
+) -> None:
+    returned: list[bool] = []
+
+    async def stop_worker(job: pgxjob.Job) -> None:
+        returned.append(worker.shutdown(30))
+
+    scheduler = scheduler_for(pgxjob.JobTypeConfig("stop_worker", stop_worker))
+    scheduler.schedule(None, "stop_worker")
+    worker = scheduler.start_worker()
+    wait_for(lambda: worker.stopped, 20, "the worker to stop")
+    assert returned == [False]
+    assert [outcome for _, _, outcome, _ in runs(clean_db)] == ["succeeded"]
