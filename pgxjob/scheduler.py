@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import ConnectionPool
 
 from pgxjob import connections, context, migrations, queries
+from pgxjob.aconnections import LoopConnections
 from pgxjob.context import ctx
 from pgxjob.durations import Seconds, seconds
 from pgxjob.errors import NotReadyError, PgxjobError, SchemaVersionError
@@ -201,13 +202,13 @@ def _cancel_call(job_id: int) -> queries.Call[str]:
 
 
 async def _close_with_loop(
-    pool: AsyncConnectionPool[Any], forget: Callable[[], None]
+    pool: LoopConnections, forget: Callable[[], None]
 ) -> AsyncIterator[None]:
     try:
         yield
     finally:
         forget()
-        await pool.close(timeout=5.0)
+        await pool.close()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -309,7 +310,7 @@ class Scheduler:
         self._listener: Listener | None = None
         self._pool_closed = False
         # schedule_async(None, ...): one async pool per event loop, made at its first use there.
-        self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = {}
+        self._async_pools: dict[asyncio.AbstractEventLoop, LoopConnections] = {}
         self._async_closers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
         self._periodic_jobs: dict[str, PeriodicJob] = {}
         for periodic in periodic_jobs:
@@ -747,57 +748,37 @@ class Scheduler:
                 "this scheduler is closed; schedule with a connection of yours, or a new Scheduler"
             )
         pool = await self._async_pool()
-        try:
-            async with pool.connection() as conn:
-                with queries.in_schema(conn, self._schema):
-                    yield conn
-        except psycopg.OperationalError as exc:
-            if type(exc).__name__ != "PoolTimeout":
-                raise
-            # Name why the pool could not connect, not only that it timed out.
-            conninfo, kwargs = await asyncio.to_thread(self._connect_params, {})
-            try:
-                probe = await psycopg.AsyncConnection.connect(
-                    conninfo, **{**kwargs, "connect_timeout": 5}
-                )
-            except psycopg.OperationalError as cause:
-                raise cause from exc
-            await probe.close()
-            raise
+        async with pool.connection() as conn:
+            with queries.in_schema(conn, self._schema):
+                yield conn
 
-    async def _async_pool(self) -> AsyncConnectionPool[Any]:
+    async def _async_pool(self) -> LoopConnections:
         loop = asyncio.get_running_loop()
         with self._lock:
             pool = self._async_pools.get(loop)
-        if pool is None:
-            conninfo, kwargs = (
-                self._connect_params({})
-                if self._pool is not None
-                else await asyncio.to_thread(self._connect_params, {})
-            )
-            with self._lock:
-                pool = self._async_pools.get(loop)
-                created = pool is None
-                if pool is None:
-                    pool = self._async_pools[loop] = AsyncConnectionPool(
-                        conninfo,
-                        min_size=1,
-                        max_size=4,
-                        open=False,
-                        timeout=5.0,
-                        kwargs=kwargs,
-                        check=AsyncConnectionPool.check_connection,
-                        name="pgxjob-async-pool",
-                    )
-            if created:
-                # Closed when the loop's asyncio.run ends: it finalizes every async generator
-                # still suspended, this one included.
-                closer = _close_with_loop(pool, lambda: self._forget_async_pool(loop))
-                await closer.__anext__()
-                self._async_closers[loop] = closer
-        # Idempotent, and cheap once open; a coroutine that finds the pool another one created
-        # waits here until it is open.
-        await pool.open()
+        if pool is not None:
+            return pool
+        # With an acquire_conn callable this borrows a connection to learn how to connect: I/O.
+        conninfo, kwargs = (
+            self._connect_params({"connect_timeout": 10})
+            if self._pool is not None
+            else await asyncio.to_thread(self._connect_params, {"connect_timeout": 10})
+        )
+
+        async def connect() -> psycopg.AsyncConnection[Any]:
+            return await psycopg.AsyncConnection.connect(conninfo, **kwargs)
+
+        with self._lock:
+            pool = self._async_pools.get(loop)
+            if pool is not None:
+                return pool
+            pool = self._async_pools[loop] = LoopConnections(connect, max_size=4)
+        # Closed when the loop's asyncio.run ends: it finalizes every async generator still
+        # suspended, this one included.
+        closer = _close_with_loop(pool, lambda: self._forget_async_pool(loop))
+        await closer.__anext__()
+        with self._lock:
+            self._async_closers[loop] = closer
         return pool
 
     def _forget_async_pool(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -816,14 +797,14 @@ class Scheduler:
             if loop.is_running():
                 if _running_loop() is loop:
                     # Called from this loop's own thread: it cannot block on its loop.
-                    loop.create_task(pool.close(timeout))
+                    loop.create_task(pool.close())
                     continue
-                future = asyncio.run_coroutine_threadsafe(pool.close(timeout), loop)
+                future = asyncio.run_coroutine_threadsafe(pool.close(), loop)
                 with contextlib.suppress(Exception):
-                    future.result(timeout + 1.0)
+                    future.result(timeout)
             else:
                 with contextlib.suppress(Exception):
-                    loop.run_until_complete(pool.close(timeout))
+                    loop.run_until_complete(pool.close())
 
     # -- workers --------------------------------------------------------------------------------
 
