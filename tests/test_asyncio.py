@@ -463,3 +463,24 @@ def test_an_async_handler_can_shut_its_worker_down_without_waiting_for_itself(
     wait_for(lambda: worker.stopped, 20, "the worker to stop")
     assert returned == [False]
     assert [outcome for _, _, outcome, _ in runs(clean_db)] == ["succeeded"]
+
+
+def test_an_own_async_connection_broken_while_idle_is_replaced(
+    clean_db: str,
+    scheduler_for: Callable[..., pgxjob.Scheduler],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pgxjob import aconnections
+
+    monkeypatch.setattr(aconnections, "_CHECK_AFTER", 0.0)
+    scheduler = scheduler_for(pgxjob.JobTypeConfig("async_t", _noop))
+
+    async def main() -> None:
+        await scheduler.schedule_async(None, "async_t")
+        (pool,) = scheduler._async_pools.values()
+        (idle, _), *_ = pool._idle
+        query(clean_db, "select pg_terminate_backend(%s)", (idle.info.backend_pid,))
+        await scheduler.schedule_async(None, "async_t")
+
+    asyncio.run(main())
+    assert len(jobs(clean_db)) == 2
