@@ -22,6 +22,7 @@ NAMES = {
     "pgxjob": "pgxjob (run log on)",
     "pgxjob-nolog": "pgxjob (run log off)",
     "pgxjob-defaults": "pgxjob (start_worker defaults)",
+    "pgxjob-async": "pgxjob (async handlers)",
     "pgqueuer": "PgQueuer",
     "oban": "oban-py",
     "procrastinate": "procrastinate",
@@ -95,7 +96,9 @@ def spread(res: dict[str, Any], system: str, key: str) -> str:
 
 def table(res: dict[str, Any], systems: list[str]) -> list[str]:
     peers = [p for p in PEERS if p in systems]
-    cols = [s for s in (PGX, PGX_OFF, "pgxjob-defaults", *peers, "bare") if s in systems]
+    cols = [
+        s for s in (PGX, PGX_OFF, "pgxjob-defaults", "pgxjob-async", *peers, "bare") if s in systems
+    ]
     head = [
         "Workload",
         "Unit",
@@ -178,6 +181,14 @@ def targets(res: dict[str, Any]) -> list[str]:
     if pq_best and off:
         row("Drain ≥ 1.5× PgQueuer's best, run log off",
             f"{off:,.0f} vs {pq_best:,.0f} jobs/s = {off / pq_best:.2f}×", off / pq_best >= 1.5)  # fmt: skip
+    aio = max([v for v in (g("pgxjob-async", "drain1"), g("pgxjob-async", "drain2")) if v] or [0])
+    if pq_best and aio:
+        row("Async handlers: drain no slower than PgQueuer's best (both asyncio)",
+            f"{aio:,.0f} vs {pq_best:,.0f} jobs/s = {aio / pq_best:.2f}×", aio >= pq_best)  # fmt: skip
+    if g("pgxjob-async", "asap_p50") is not None and g("pgqueuer", "asap_p50") is not None:
+        row("Async handlers: ASAP latency p50 no worse than PgQueuer's",
+            f"{g('pgxjob-async', 'asap_p50'):.2f} ms vs {g('pgqueuer', 'asap_p50'):.2f} ms",
+            g("pgxjob-async", "asap_p50") <= g("pgqueuer", "asap_p50"))  # fmt: skip
     on = max([v for v in (g(PGX, "drain1"), g(PGX, "drain2")) if v] or [0])
     peers_best = max([g(p, k) or 0 for p in PEERS for k in ("drain1", "drain2")] or [0])
     if on and peers_best:
@@ -282,7 +293,7 @@ def headline(res: dict[str, Any], meta: dict[str, Any], systems: list[str]) -> l
         " Drain, 1 process (share) | Drain, 2 processes (share) |",
         "|---|---|---|---|---|---|",
     ]
-    for s in (PGX, PGX_OFF, *PEERS, "bare"):
+    for s in (PGX, PGX_OFF, "pgxjob-async", *PEERS, "bare"):
         if s not in systems:
             continue
         how, procs = best_config(res, meta, s)

@@ -130,6 +130,28 @@ SYSTEMS: dict[str, dict[str, Any]] = {
         "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
         " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
     },
+    # Async no-op handlers on the worker's event loop, with pgxjob's swept configuration: the
+    # asyncio path beside the thread path and PgQueuer (asyncio).
+    "pgxjob-async": {
+        "venv": "pgxjob",
+        "driver": "pgxjob_driver.py",
+        "same_enqueue_as": "pgxjob",
+        "only": ["drain1", "drain2", "latency"],
+        "bulk_batch": 5000,
+        "consume": {
+            "log": True,
+            "handler": "async",
+            "worker": {
+                "max_concurrent_jobs": 2,
+                "max_prefetched_jobs": 1000,
+                "max_buffered_job_results": 1000,
+                "max_buffered_job_result_age": 1.0,
+            },
+        },
+        "sweep_from": "pgxjob",
+        "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
+        " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
+    },
     "pgqueuer": {
         "venv": "pgqueuer",
         "driver": "pgqueuer_driver.py",

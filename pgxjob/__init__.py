@@ -1,7 +1,8 @@
 """pgxjob: a job runner on PostgreSQL whose core is plain PL/pgSQL.
 
-Jobs are scheduled with ``pgxjob_schedule(...)`` from SQL or :meth:`Scheduler.schedule` from
-Python, and run by thread workers started with :meth:`Scheduler.start_worker`.
+Jobs are scheduled with ``pgxjob_schedule(...)`` from SQL, :meth:`Scheduler.schedule` from
+Python or ``await`` :meth:`Scheduler.schedule_async` from asyncio code, and run by workers started
+with :meth:`Scheduler.start_worker`: sync handlers on threads, async handlers on an event loop.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pgxjob.jobs import (
     JobTypeConfig,
     ParamsError,
     RetryLinearBackoffErrorFilter,
+    Signal,
     filter_error,
     job_type,
     log_final_job_runs,
@@ -61,6 +63,7 @@ __all__ = [
     "RetryLinearBackoffErrorFilter",
     "Scheduler",
     "SchemaVersionError",
+    "Signal",
     "UnknownGroupError",
     "UnknownJobTypeError",
     "UnrecordableResultError",

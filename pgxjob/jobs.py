@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -11,12 +13,17 @@ import threading
 import traceback
 import types
 import typing
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, is_typeddict, overload
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, cast, is_typeddict, overload
 
+from typing_extensions import TypeVar
+
+from pgxjob import context
 from pgxjob.durations import Seconds, to_timedelta
 
 if TYPE_CHECKING:
+    from pgxjob.scheduler import Scheduler
     from pgxjob.worker import Worker
 
 __all__ = [
@@ -29,9 +36,12 @@ __all__ = [
     "JobType",
     "JobTypeConfig",
     "ParamsError",
+    "ParamsRunJob",
     "RetryLinearBackoffErrorFilter",
     "RunJob",
+    "Signal",
     "filter_error",
+    "is_async_handler",
     "job_type",
     "log_final_job_runs",
     "unmarshal_params",
@@ -46,6 +56,52 @@ class JobGroup:
     name: str
 
 
+class Signal(threading.Event):
+    """A ``threading.Event`` that asyncio code can wait for too.
+
+    ``job.shutdown_requested`` and ``job.cancel_requested`` are Signals: sync handlers use them
+    as Events (``is_set()``, ``wait(timeout)``); async handlers check ``is_set()``, ``await
+    signal.wait_async(timeout)``, or take the ``asyncio.Event`` view of :meth:`as_asyncio`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._views_lock = threading.Lock()
+        # One asyncio.Event per event loop that asked, set through that loop when this is set.
+        self._views: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Event] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def set(self) -> None:
+        super().set()
+        with self._views_lock:
+            views = list(self._views.items())
+        for loop, event in views:
+            # A closed loop raises RuntimeError: nobody waits on its view any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
+
+    def as_asyncio(self) -> asyncio.Event:
+        """An ``asyncio.Event`` of the running loop that is set when this Signal is."""
+        loop = asyncio.get_running_loop()
+        with self._views_lock:
+            event = self._views.get(loop)
+            if event is None:
+                event = self._views[loop] = asyncio.Event()
+            if super().is_set():
+                event.set()
+        return event
+
+    async def wait_async(self, timeout: float | None = None) -> bool:
+        """Wait without blocking the event loop; True once set, False after ``timeout`` seconds."""
+        event = self.as_asyncio()
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return self.is_set()
+        return True
+
+
 @dataclasses.dataclass(frozen=True)
 class Job:
     """One job as its handler receives it.
@@ -55,7 +111,8 @@ class Job:
     running the job starts to shut down, and ``cancel_requested`` when the job is cancelled
     (:meth:`Scheduler.cancel`, ``pgxjob_cancel_job``), so long handlers can stop early; a handler
     that stops for a cancellation may raise :class:`JobCancelled`. Either way a cancelled job is
-    finished as cancelled, never retried.
+    finished as cancelled, never retried. Both are :class:`Signal` s, which async handlers can
+    await (``await job.cancel_requested.wait_async()``, ``.as_asyncio()``).
     """
 
     id: int
@@ -67,13 +124,11 @@ class Job:
     last_error: str | None = None
     error_count: int = 0
     asap: bool = True
-    shutdown_requested: threading.Event = dataclasses.field(
-        default_factory=threading.Event, compare=False, repr=False
+    shutdown_requested: Signal = dataclasses.field(
+        default_factory=Signal, compare=False, repr=False
     )
     priority: int = 0
-    cancel_requested: threading.Event = dataclasses.field(
-        default_factory=threading.Event, compare=False, repr=False
-    )
+    cancel_requested: Signal = dataclasses.field(default_factory=Signal, compare=False, repr=False)
 
 
 class JobCancelled(Exception):
@@ -87,7 +142,30 @@ class JobCancelled(Exception):
 RunJob = Callable[[Job], Any]
 """A handler: runs one job and returns on success, raises to fail or retry it.
 
-What it returns, if not None, is stored as JSON with the run's log row (its ``output``)."""
+A coroutine function (``async def``) is a handler too: it runs on the worker's event loop. What
+a handler returns (or its coroutine does), if not None, is stored as JSON with the run's log row
+(its ``output``)."""
+
+P = TypeVar("P", default=Any)
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class ParamsRunJob(Protocol[T_co]):
+    """A handler that decodes the job's params into ``T_co`` first (:func:`unmarshal_params`).
+
+    Its job type's :meth:`JobTypeConfig.schedule` takes params of that type.
+    """
+
+    def __call__(self, job: Job) -> Any: ...
+
+    def __pgxjob_params_type__(self) -> T_co: ...
+
+
+def is_async_handler(run_job: object) -> bool:
+    """Whether a handler is a coroutine function (or an object whose ``__call__`` is one)."""
+    call = getattr(type(run_job), "__call__", None)  # noqa: B004
+    return inspect.iscoroutinefunction(run_job) or inspect.iscoroutinefunction(call)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,15 +179,18 @@ class JobType:
 
 
 @dataclasses.dataclass(frozen=True)
-class JobTypeConfig:
+class JobTypeConfig(Generic[P]):
     """Declares a job type for a Scheduler: its name, handler and default group.
 
-    Calling the config calls its handler, so a function decorated with :func:`job_type` can still
-    be called directly in tests.
+    The handler is a function or a coroutine function (``async def``, run on the worker's event
+    loop). Calling the config calls its handler, so a function decorated with :func:`job_type`
+    can still be called directly in tests. A config schedules jobs of its type with
+    :meth:`schedule` and :meth:`schedule_async`; ``P`` is its params type when the handler is
+    wrapped by :func:`unmarshal_params`.
     """
 
     name: str
-    run_job: RunJob
+    run_job: RunJob | ParamsRunJob[P]
     default_group_name: str = "default"
 
     def __post_init__(self) -> None:
@@ -117,32 +198,94 @@ class JobTypeConfig:
             raise ValueError(f"job type name must be a non-empty string, got {self.name!r}")
         if not callable(self.run_job):
             raise TypeError(f"run_job of job type {self.name!r} must be callable")
-        # An instance whose __call__ is async counts too.
-        call = getattr(type(self.run_job), "__call__", None)  # noqa: B004
-        if inspect.iscoroutinefunction(self.run_job) or inspect.iscoroutinefunction(call):
-            raise TypeError(
-                f"run_job of job type {self.name!r} is a coroutine function (async def); "
-                "pgxjob runs handlers on threads and would never await it. Declare a plain "
-                "function that runs it, e.g. `def run_job(job): asyncio.run(handler(job))`"
-            )
         if not isinstance(self.default_group_name, str) or not self.default_group_name:
             raise ValueError(
                 f"default_group_name of job type {self.name!r} must be a non-empty string"
             )
 
-    def __call__(self, job: Job) -> None:
-        self.run_job(job)
+    @property
+    def is_async(self) -> bool:
+        """True when the handler is a coroutine function, run on the worker's event loop."""
+        return is_async_handler(self.run_job)
+
+    def __call__(self, job: Job) -> Any:
+        return self.run_job(job)
+
+    def _scheduler(self, scheduler: Scheduler | None) -> Scheduler:
+        if scheduler is not None:
+            return scheduler
+        found = context.ctx()
+        if found is None:
+            raise RuntimeError(
+                f"job type {self.name!r} has no scheduler to schedule with: pass scheduler=..., "
+                "or enter scheduler.with_context(), or set pgxjob.default_context_scheduler"
+            )
+        return found
+
+    def schedule(
+        self,
+        conn: Any,
+        params: P | None = None,
+        *,
+        group_name: str | None = None,
+        run_at: dt.datetime | None = None,
+        priority: int = 0,
+        unique_key: str | None = None,
+        scheduler: Scheduler | None = None,
+    ) -> int:
+        """Schedule a job of this type: :meth:`Scheduler.schedule` with this type's name.
+
+        With the given ``scheduler``, else the context scheduler (:func:`pgxjob.ctx`: the
+        scheduler running the current job, or ``with_context()``, or the module default).
+        """
+        return self._scheduler(scheduler).schedule(
+            conn,
+            self.name,
+            params,
+            group_name=group_name,
+            run_at=run_at,
+            priority=priority,
+            unique_key=unique_key,
+        )
+
+    async def schedule_async(
+        self,
+        conn: Any,
+        params: P | None = None,
+        *,
+        group_name: str | None = None,
+        run_at: dt.datetime | None = None,
+        priority: int = 0,
+        unique_key: str | None = None,
+        scheduler: Scheduler | None = None,
+    ) -> int:
+        """:meth:`schedule` for asyncio code: :meth:`Scheduler.schedule_async` with this type."""
+        return await self._scheduler(scheduler).schedule_async(
+            conn,
+            self.name,
+            params,
+            group_name=group_name,
+            run_at=run_at,
+            priority=priority,
+            unique_key=unique_key,
+        )
 
 
-def job_type(
-    name: str, *, default_group_name: str = "default"
-) -> Callable[[RunJob], JobTypeConfig]:
+class _JobTypeDecorator(Protocol):
+    @overload
+    def __call__(self, run_job: ParamsRunJob[T]) -> JobTypeConfig[T]: ...
+
+    @overload
+    def __call__(self, run_job: RunJob) -> JobTypeConfig[Any]: ...
+
+
+def job_type(name: str, *, default_group_name: str = "default") -> _JobTypeDecorator:
     """Decorator form of :class:`JobTypeConfig`: ``@job_type("send_email")`` over a handler."""
 
-    def decorate(run_job: RunJob) -> JobTypeConfig:
+    def decorate(run_job: Any) -> JobTypeConfig[Any]:
         return JobTypeConfig(name, run_job, default_group_name=default_group_name)
 
-    return decorate
+    return cast(_JobTypeDecorator, decorate)
 
 
 MAX_RETRIES_LIMIT = 2**31 - 1
@@ -275,6 +418,33 @@ def filter_error(run_job: RunJob, error_filter: ErrorFilter | ErrorFilterFunc) -
             f"(job, err) -> err, got {error_filter!r}"
         )
 
+    def replacement(job: Job, exc: Exception) -> BaseException:
+        filtered = apply(job, exc)
+        if filtered is not exc and not isinstance(filtered, BaseException):
+            raise TypeError(
+                f"error filter {error_filter!r} returned {filtered!r}; it must return an "
+                "exception (an ErrorWithRetry to retry the job, or the error itself)"
+            ) from exc
+        return filtered
+
+    # The two wrappers differ only in the await: what an error becomes is decided once, above.
+    if is_async_handler(run_job):
+        run_async = cast(Callable[[Job], Awaitable[Any]], run_job)
+
+        @functools.wraps(run_job)
+        async def run_coroutine(job: Job) -> Any:
+            try:
+                return await run_async(job)
+            except JobCancelled:
+                raise
+            except Exception as exc:
+                filtered = replacement(job, exc)
+                if filtered is exc:
+                    raise
+                raise filtered from exc
+
+        return run_coroutine
+
     @functools.wraps(run_job)
     def run(job: Job) -> Any:
         try:
@@ -283,14 +453,9 @@ def filter_error(run_job: RunJob, error_filter: ErrorFilter | ErrorFilterFunc) -
             # A cancelled job ends; no filter may turn that into a retry.
             raise
         except Exception as exc:
-            filtered = apply(job, exc)
+            filtered = replacement(job, exc)
             if filtered is exc:
                 raise
-            if not isinstance(filtered, BaseException):
-                raise TypeError(
-                    f"error filter {error_filter!r} returned {filtered!r}; it must return an "
-                    "exception (an ErrorWithRetry to retry the job, or the error itself)"
-                ) from exc
             raise filtered from exc
 
     return run
@@ -354,22 +519,19 @@ class ParamsError(ValueError):
     """A job's params do not decode into the type its handler declares. The job fails for good."""
 
 
-T = TypeVar("T")
-
-
 @overload
-def unmarshal_params(fn: Callable[[Job, T], None], *, strict: bool = False) -> RunJob: ...
+def unmarshal_params(fn: Callable[[Job, T], Any], *, strict: bool = False) -> ParamsRunJob[T]: ...
 
 
 @overload
 def unmarshal_params(
     fn: None = None, *, strict: bool = False
-) -> Callable[[Callable[[Job, T], None]], RunJob]: ...
+) -> Callable[[Callable[[Job, T], Any]], ParamsRunJob[T]]: ...
 
 
 def unmarshal_params(
-    fn: Callable[[Job, T], None] | None = None, *, strict: bool = False
-) -> RunJob | Callable[[Callable[[Job, T], None]], RunJob]:
+    fn: Callable[[Job, T], Any] | None = None, *, strict: bool = False
+) -> ParamsRunJob[T] | Callable[[Callable[[Job, T], Any]], ParamsRunJob[T]]:
     """Wrap ``fn(job, params)`` into a handler that decodes the job's JSON params first.
 
     The target is the annotation of fn's second parameter: a dataclass (nested dataclasses and
@@ -377,14 +539,16 @@ def unmarshal_params(
     installed. Keys a dataclass does not declare are ignored, so producers can add fields
     before consumers know them; ``strict=True`` fails the job on them instead. Params that do
     not fit fail the job with a ParamsError naming the mismatch. Also usable as
-    ``@unmarshal_params(strict=True)``.
+    ``@unmarshal_params(strict=True)``. ``fn`` may be a coroutine function: the handler is then
+    one too. A job type declared over the result schedules params of the target type
+    (:meth:`JobTypeConfig.schedule`).
     """
     if fn is None:
         return lambda f: _unmarshal_params(f, strict=strict)
     return _unmarshal_params(fn, strict=strict)
 
 
-def _unmarshal_params(fn: Callable[[Job, T], None], *, strict: bool) -> RunJob:
+def _unmarshal_params(fn: Callable[[Job, T], Any], *, strict: bool) -> ParamsRunJob[T]:
     signature = inspect.signature(fn)
     parameters = list(signature.parameters.values())
     if len(parameters) != 2:
@@ -392,19 +556,30 @@ def _unmarshal_params(fn: Callable[[Job, T], None], *, strict: bool) -> RunJob:
     hints = typing.get_type_hints(fn)
     target = hints.get(parameters[1].name, Any)
 
-    @functools.wraps(fn)
-    def run(job: Job) -> None:
+    def decoded(job: Job) -> Any:
         try:
             raw = None if job.params is None else json.loads(job.params)
-            params = _decode(raw, target, "params", strict)
+            return _decode(raw, target, "params", strict)
         except (ValueError, TypeError, KeyError) as exc:
             raise ParamsError(
                 f"job {job.id} ({job.type.name}): params {job.params!r} do not fit "
                 f"{getattr(target, '__name__', target)}: {exc}"
             ) from exc
-        fn(job, params)
 
-    return run
+    if is_async_handler(fn):
+        fn_async = cast(Callable[[Job, Any], Awaitable[Any]], fn)
+
+        @functools.wraps(fn)
+        async def run_coroutine(job: Job) -> Any:
+            return await fn_async(job, decoded(job))
+
+        return cast("ParamsRunJob[T]", run_coroutine)
+
+    @functools.wraps(fn)
+    def run(job: Job) -> Any:
+        return fn(job, decoded(job))
+
+    return cast("ParamsRunJob[T]", run)
 
 
 def _decode(value: Any, target: Any, where: str, strict: bool) -> Any:

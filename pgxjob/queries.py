@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import os
 import socket
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from pgxjob.errors import translate
 
@@ -77,18 +78,20 @@ def translated_errors() -> Iterator[None]:
         raise mapped from exc
 
 
-# The schema whose pgxjob functions each connection calls; a connection without one calls
-# them by their bare names, through its search_path.
-_schemas: weakref.WeakKeyDictionary[psycopg.Connection[Any], str] = weakref.WeakKeyDictionary()
+# The schema whose pgxjob functions each connection (sync or async) calls; a connection without
+# one calls them by their bare names, through its search_path.
+_schemas: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+AnyConnection = psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
 
 
-def set_schema(conn: psycopg.Connection[Any], schema: str) -> None:
+def set_schema(conn: AnyConnection, schema: str) -> None:
     """Make every call below on conn reach the pgxjob functions of schema."""
     _schemas[conn] = schema
 
 
 @contextmanager
-def in_schema(conn: psycopg.Connection[Any], schema: str) -> Iterator[None]:
+def in_schema(conn: AnyConnection, schema: str) -> Iterator[None]:
     """Within the block, calls on conn reach the pgxjob functions of schema."""
     previous = _schemas.get(conn)
     _schemas[conn] = schema
@@ -109,8 +112,56 @@ def _qualified(schema: str | None, query: str) -> sql.Composed:
     return sql.SQL(query).format(sql.Composed([sql.Identifier(schema), sql.SQL(".")]))
 
 
-def _sql(conn: psycopg.Connection[Any], query: str) -> sql.Composed:
+def _sql(conn: AnyConnection, query: str) -> sql.Composed:
     return _qualified(_schemas.get(conn), query)
+
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Call(Generic[T]):
+    """One statement, its arguments and how its rows become the result.
+
+    What the sync and the async fronts share: they differ only in the I/O of :func:`run` and
+    :func:`run_async`, so validation, SQL text and decoding exist once.
+    """
+
+    query: str
+    """The SQL, with ``{}`` where the schema prefix of the pgxjob function goes."""
+    params: Sequence[Any]
+    decode: Callable[[list[Any]], T]
+
+
+def run(conn: psycopg.Connection[Any], call: Call[T]) -> T:
+    """Execute a Call on a psycopg connection, inside whatever transaction it has open."""
+    # A plain server-binding cursor of tuples, whatever the caller's connection makes by default
+    # (Django installs a client-side binding cursor, which cannot send binary %b parameters;
+    # an application may set a dict row factory).
+    with translated_errors(), psycopg.Cursor(conn, row_factory=tuple_row) as cur:
+        rows = cur.execute(_sql(conn, call.query), call.params).fetchall()
+    return call.decode(rows)
+
+
+async def run_async(conn: psycopg.AsyncConnection[Any], call: Call[T]) -> T:
+    """Execute a Call on a psycopg async connection, inside whatever transaction it has open."""
+    with translated_errors():
+        async with psycopg.AsyncCursor(conn, row_factory=tuple_row) as cur:
+            await cur.execute(_sql(conn, call.query), call.params)
+            rows = await cur.fetchall()
+    return call.decode(rows)
+
+
+def _first_int(rows: list[Any]) -> int:
+    return int(rows[0][0])
+
+
+def _ints(rows: list[Any]) -> list[int]:
+    return [int(row[0]) for row in rows]
+
+
+def _first_str(rows: list[Any]) -> str:
+    return str(rows[0][0])
 
 
 def _scalar(conn: psycopg.Connection[Any], query: str, params: Sequence[Any]) -> Any:
@@ -139,6 +190,27 @@ def register_job_type(conn: psycopg.Connection[Any], name: str, default_group_na
     )
 
 
+SCHEDULE_SQL = (
+    "select {}pgxjob_schedule(%s::text, %s::json, %s::text, %s::timestamptz, %s::int, %s::text)"
+)
+
+
+def schedule_call(
+    job_type: str,
+    params_json: str | None,
+    group_name: str | None,
+    run_at: dt.datetime | None,
+    priority: int = 0,
+    unique_key: str | None = None,
+) -> Call[int]:
+    """pgxjob_schedule: the new job's id (or the id of the job holding unique_key)."""
+    return Call(
+        SCHEDULE_SQL,
+        (job_type, params_json, group_name, run_at, priority, unique_key),
+        _first_int,
+    )
+
+
 def schedule(
     conn: psycopg.Connection[Any],
     job_type: str,
@@ -148,13 +220,24 @@ def schedule(
     priority: int = 0,
     unique_key: str | None = None,
 ) -> int:
-    return int(
-        _scalar(
-            conn,
-            "select {}pgxjob_schedule(%s::text, %s::json, %s::text, %s::timestamptz, %s::int,"
-            " %s::text)",
-            (job_type, params_json, group_name, run_at, priority, unique_key),
-        )
+    return run(conn, schedule_call(job_type, params_json, group_name, run_at, priority, unique_key))
+
+
+def schedule_many_call(
+    job_type: str,
+    params_json: Sequence[str | None],
+    group_name: str | None,
+    run_at: dt.datetime | None,
+    priority: int = 0,
+    unique_keys: Sequence[str | None] | None = None,
+) -> Call[list[int]]:
+    """pgxjob_schedule_many: one id per params element, in order."""
+    keys = None if unique_keys is None else list(unique_keys)
+    return Call(
+        "select {}pgxjob_schedule_many(%s::text, %b::json[], %s::text, %s::timestamptz,"
+        " %s::int, %s::text[])",
+        (job_type, list(params_json), group_name, run_at, priority, keys),
+        _ints,
     )
 
 
@@ -167,17 +250,10 @@ def schedule_many(
     priority: int = 0,
     unique_keys: Sequence[str | None] | None = None,
 ) -> list[int]:
-    keys = None if unique_keys is None else list(unique_keys)
-    with translated_errors():
-        rows = conn.execute(
-            _sql(
-                conn,
-                "select {}pgxjob_schedule_many(%s::text, %b::json[], %s::text, %s::timestamptz,"
-                " %s::int, %s::text[])",
-            ),
-            (job_type, list(params_json), group_name, run_at, priority, keys),
-        ).fetchall()
-    return [int(row[0]) for row in rows]
+    return run(
+        conn,
+        schedule_many_call(job_type, params_json, group_name, run_at, priority, unique_keys),
+    )
 
 
 def schedule_periodic(
@@ -230,9 +306,14 @@ def periodic_job_status(conn: psycopg.Connection[Any]) -> list[PeriodicJobStatus
     return [PeriodicJobStatus(*row) for row in rows]
 
 
+def cancel_job_call(job_id: int) -> Call[str]:
+    """pgxjob_cancel_job: 'cancelled', 'cancel_requested' or 'not_found'."""
+    return Call("select {}pgxjob_cancel_job(%s::bigint)", (job_id,), _first_str)
+
+
 def cancel_job(conn: psycopg.Connection[Any], job_id: int) -> str:
     """'cancelled', 'cancel_requested' or 'not_found'."""
-    return str(_scalar(conn, "select {}pgxjob_cancel_job(%s::bigint)", (job_id,)))
+    return run(conn, cancel_job_call(job_id))
 
 
 def cancel_requests(conn: psycopg.Connection[Any], worker_id: int) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import dataclasses
@@ -12,15 +13,16 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from pgxjob import context, migrations, queries
+from pgxjob import connections, context, migrations, queries
+from pgxjob.aconnections import LoopConnections
 from pgxjob.context import ctx
 from pgxjob.durations import Seconds, seconds
 from pgxjob.errors import NotReadyError, PgxjobError, SchemaVersionError
@@ -45,6 +47,8 @@ AcquireConn = Callable[[], AbstractContextManager[psycopg.Connection[Any]]]
 """Returns a context manager that lends a connection for exclusive use and takes it back."""
 
 HandleError = Callable[[BaseException], None]
+
+T = TypeVar("T")
 
 # How long the interpreter-exit hook lets running jobs finish before it unregisters the workers
 # of a scheduler that was never closed, releasing what they still own.
@@ -148,6 +152,72 @@ def _check_run_at(run_at: dt.datetime | None) -> None:
         )
 
 
+def _schedule_call(
+    job_type: str,
+    params: Any,
+    group_name: str | None,
+    run_at: dt.datetime | None,
+    priority: int,
+    unique_key: str | None,
+) -> queries.Call[int]:
+    params_json = encode_params(params)
+    _check_run_at(run_at)
+    _check_priority(priority)
+    _check_unique_key(unique_key)
+    return queries.schedule_call(job_type, params_json, group_name, run_at, priority, unique_key)
+
+
+def _schedule_many_call(
+    job_type: str,
+    params_list: Sequence[Any],
+    group_name: str | None,
+    run_at: dt.datetime | None,
+    priority: int,
+    unique_keys: Sequence[str | None] | None,
+) -> queries.Call[list[int]]:
+    if isinstance(params_list, str | bytes | dict):
+        raise TypeError(
+            f"params_list must be a sequence with one params value per job, got a "
+            f"{type(params_list).__name__}; to schedule one job use schedule()"
+        )
+    encoded = [encode_params(params) for params in params_list]
+    _check_run_at(run_at)
+    _check_priority(priority)
+    if unique_keys is not None:
+        unique_keys = list(unique_keys)
+        if len(unique_keys) != len(encoded):
+            raise ValueError(
+                f"unique_keys has {len(unique_keys)} keys for {len(encoded)} jobs; pass one "
+                "key (or None) per job"
+            )
+        for key in unique_keys:
+            _check_unique_key(key)
+    return queries.schedule_many_call(job_type, encoded, group_name, run_at, priority, unique_keys)
+
+
+def _cancel_call(job_id: int) -> queries.Call[str]:
+    if not isinstance(job_id, int) or isinstance(job_id, bool) or not 0 < job_id < 2**63:
+        raise ValueError(f"job_id must be a job id (a positive int), got {job_id!r}")
+    return queries.cancel_job_call(job_id)
+
+
+async def _close_with_loop(
+    pool: LoopConnections, forget: Callable[[], None]
+) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        forget()
+        await pool.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class Scheduler:
     """Schedules jobs and starts workers.
 
@@ -239,6 +309,9 @@ class Scheduler:
         self._workers: list[Worker] = []
         self._listener: Listener | None = None
         self._pool_closed = False
+        # schedule_async(None, ...): one async pool per event loop, made at its first use there.
+        self._async_pools: dict[asyncio.AbstractEventLoop, LoopConnections] = {}
+        self._async_closers: dict[asyncio.AbstractEventLoop, AsyncIterator[None]] = {}
         self._periodic_jobs: dict[str, PeriodicJob] = {}
         for periodic in periodic_jobs:
             if not isinstance(periodic, PeriodicJob):
@@ -352,12 +425,23 @@ class Scheduler:
         of a connection borrowed once from it. ``options`` are libpq parameters used where
         neither sets them (for example ``connect_timeout``). The caller closes it.
         """
-        cls: type[psycopg.Connection[Any]] = psycopg.Connection
+        cls: type[psycopg.Connection[Any]] = (
+            psycopg.Connection if self._pool is None else self._pool.connection_class
+        )
+        conninfo, kwargs = self._connect_params(options)
+        conn = cls.connect(conninfo, **kwargs)
+        queries.set_schema(conn, self._schema)
+        self._opened.add(conn)
+        return conn
+
+    def _connect_params(self, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        # How the scheduler's own connections connect: the pool's conninfo and kwargs, or the
+        # parameters of a connection borrowed from an acquire_conn callable (I/O). ``options``
+        # fill in what neither sets; autocommit is always on.
         if self._pool is not None:
             pool = self._pool
             conninfo = pool.conninfo() if callable(pool.conninfo) else (pool.conninfo or "")
             kwargs = dict(pool.kwargs() if callable(pool.kwargs) else (pool.kwargs or {}))
-            cls = pool.connection_class
         else:
             conninfo, kwargs = self._borrowed_conninfo(), {}
         given = set(conninfo_to_dict(conninfo)) | set(kwargs)
@@ -365,10 +449,7 @@ class Scheduler:
             if key not in given:
                 kwargs[key] = value
         kwargs["autocommit"] = True
-        conn = cls.connect(conninfo, **kwargs)
-        queries.set_schema(conn, self._schema)
-        self._opened.add(conn)
-        return conn
+        return conninfo, kwargs
 
     def _borrowed_conninfo(self) -> str:
         # An acquire_conn callable says nothing of how it connects: ask one of its connections
@@ -514,7 +595,7 @@ class Scheduler:
 
     def schedule(
         self,
-        conn: psycopg.Connection[Any] | None,
+        conn: Any,
         job_type: str,
         params: Any = None,
         *,
@@ -526,29 +607,43 @@ class Scheduler:
         """Schedule one job and return its id.
 
         With a connection, the job is inserted in the caller's transaction: it exists, and the
-        worker is notified, only when that transaction commits. With ``conn=None`` the
+        worker is notified, only when that transaction commits. ``conn`` is a
+        ``psycopg.Connection``, or a SQLAlchemy ``Session`` or ``Connection`` over psycopg 3
+        (whose transaction it joins, beginning it if need be). With ``conn=None`` the
         scheduler's own connection is used and the job is committed at once. ``run_at`` None
         (or not in the future) means as soon as possible; the job type's default group is used
         unless ``group_name`` is given. Among a group's due jobs a higher ``priority`` runs first.
         While a job of this type holds ``unique_key`` (waiting, retrying or running), the
         existing job's id is returned and nothing is scheduled.
         """
-        params_json = encode_params(params)
-        _check_run_at(run_at)
-        _check_priority(priority)
-        _check_unique_key(unique_key)
-        self.wait_ready()
-        args = (job_type, params_json, group_name, run_at, priority, unique_key)
-        if conn is None:
-            with self.connection() as own:
-                return queries.schedule(own, *args)
-        # The caller's connection: its search_path may not reach the scheduler's schema.
-        with queries.in_schema(conn, self._schema):
-            return queries.schedule(conn, *args)
+        call = _schedule_call(job_type, params, group_name, run_at, priority, unique_key)
+        return self._execute(conn, call)
+
+    async def schedule_async(
+        self,
+        conn: Any,
+        job_type: str,
+        params: Any = None,
+        *,
+        group_name: str | None = None,
+        run_at: dt.datetime | None = None,
+        priority: int = 0,
+        unique_key: str | None = None,
+    ) -> int:
+        """:meth:`schedule` for asyncio code: the same options, the same result.
+
+        ``conn`` is a ``psycopg.AsyncConnection`` or a SQLAlchemy ``AsyncSession`` or
+        ``AsyncConnection`` over psycopg 3: the job commits or rolls back with the caller's
+        transaction. With ``conn=None`` the job is committed at once on a connection of the
+        scheduler's async pool, which is created on the running event loop at its first use
+        and closed when that loop's ``asyncio.run`` ends (or by :meth:`close`).
+        """
+        call = _schedule_call(job_type, params, group_name, run_at, priority, unique_key)
+        return await self._execute_async(conn, call)
 
     def schedule_now(
         self,
-        conn: psycopg.Connection[Any] | None,
+        conn: Any,
         job_type: str,
         params: Any = None,
         *,
@@ -558,7 +653,21 @@ class Scheduler:
         """Schedule one job to run as soon as possible; return its id."""
         return self.schedule(conn, job_type, params, priority=priority, unique_key=unique_key)
 
-    def cancel(self, conn: psycopg.Connection[Any] | None, job_id: int) -> str:
+    async def schedule_now_async(
+        self,
+        conn: Any,
+        job_type: str,
+        params: Any = None,
+        *,
+        priority: int = 0,
+        unique_key: str | None = None,
+    ) -> int:
+        """:meth:`schedule_now` for asyncio code (``conn`` as in :meth:`schedule_async`)."""
+        return await self.schedule_async(
+            conn, job_type, params, priority=priority, unique_key=unique_key
+        )
+
+    def cancel(self, conn: Any, job_id: int) -> str:
         """Cancel a job; return what happened: 'cancelled', 'cancel_requested' or 'not_found'.
 
         A waiting job (ASAP, scheduled, or waiting to retry) is removed at once: 'cancelled'. A
@@ -567,17 +676,15 @@ class Scheduler:
         'cancel_requested'. With a connection, the cancellation is part of the caller's
         transaction.
         """
-        if not isinstance(job_id, int) or isinstance(job_id, bool) or not 0 < job_id < 2**63:
-            raise ValueError(f"job_id must be a job id (a positive int), got {job_id!r}")
-        if conn is None:
-            with self.connection() as own:
-                return queries.cancel_job(own, job_id)
-        with queries.in_schema(conn, self._schema):
-            return queries.cancel_job(conn, job_id)
+        return self._execute(conn, _cancel_call(job_id), wait_ready=False)
+
+    async def cancel_async(self, conn: Any, job_id: int) -> str:
+        """:meth:`cancel` for asyncio code (``conn`` as in :meth:`schedule_async`)."""
+        return await self._execute_async(conn, _cancel_call(job_id), wait_ready=False)
 
     def schedule_many(
         self,
-        conn: psycopg.Connection[Any] | None,
+        conn: Any,
         job_type: str,
         params_list: Sequence[Any],
         *,
@@ -588,28 +695,116 @@ class Scheduler:
     ) -> list[int]:
         """Schedule one job per element of params_list in one round trip; return ids in order.
 
-        ``unique_keys``, when given, holds one key (or None) per job: a job whose key is held
-        returns the holder's id in its place.
+        ``conn`` as in :meth:`schedule`. ``unique_keys``, when given, holds one key (or None)
+        per job: a job whose key is held returns the holder's id in its place.
         """
-        encoded = [encode_params(params) for params in params_list]
-        _check_run_at(run_at)
-        _check_priority(priority)
-        if unique_keys is not None:
-            unique_keys = list(unique_keys)
-            if len(unique_keys) != len(encoded):
-                raise ValueError(
-                    f"unique_keys has {len(unique_keys)} keys for {len(encoded)} jobs; pass one "
-                    "key (or None) per job"
-                )
-            for key in unique_keys:
-                _check_unique_key(key)
-        self.wait_ready()
-        args = (job_type, encoded, group_name, run_at, priority, unique_keys)
+        call = _schedule_many_call(job_type, params_list, group_name, run_at, priority, unique_keys)
+        return self._execute(conn, call)
+
+    async def schedule_many_async(
+        self,
+        conn: Any,
+        job_type: str,
+        params_list: Sequence[Any],
+        *,
+        group_name: str | None = None,
+        run_at: dt.datetime | None = None,
+        priority: int = 0,
+        unique_keys: Sequence[str | None] | None = None,
+    ) -> list[int]:
+        """:meth:`schedule_many` for asyncio code (``conn`` as in :meth:`schedule_async`)."""
+        call = _schedule_many_call(job_type, params_list, group_name, run_at, priority, unique_keys)
+        return await self._execute_async(conn, call)
+
+    def _execute(self, conn: Any, call: queries.Call[T], *, wait_ready: bool = True) -> T:
+        if wait_ready:
+            self.wait_ready()
         if conn is None:
             with self.connection() as own:
-                return queries.schedule_many(own, *args)
-        with queries.in_schema(conn, self._schema):
-            return queries.schedule_many(conn, *args)
+                return queries.run(own, call)
+        driver = connections.sync_connection(conn)
+        # The caller's connection: its search_path may not reach the scheduler's schema.
+        with queries.in_schema(driver, self._schema):
+            return queries.run(driver, call)
+
+    async def _execute_async(
+        self, conn: Any, call: queries.Call[T], *, wait_ready: bool = True
+    ) -> T:
+        if wait_ready and not self._ready.is_set():
+            await asyncio.to_thread(self.wait_ready)
+        if conn is None:
+            async with self._async_connection() as own:
+                return await queries.run_async(own, call)
+        driver = await connections.async_connection(conn)
+        with queries.in_schema(driver, self._schema):
+            return await queries.run_async(driver, call)
+
+    # -- the async pool -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _async_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        if self._closed.is_set():
+            raise RuntimeError(
+                "this scheduler is closed; schedule with a connection of yours, or a new Scheduler"
+            )
+        pool = await self._async_pool()
+        async with pool.connection() as conn:
+            with queries.in_schema(conn, self._schema):
+                yield conn
+
+    async def _async_pool(self) -> LoopConnections:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            pool = self._async_pools.get(loop)
+        if pool is not None:
+            return pool
+        # With an acquire_conn callable this borrows a connection to learn how to connect: I/O.
+        conninfo, kwargs = (
+            self._connect_params({"connect_timeout": 10})
+            if self._pool is not None
+            else await asyncio.to_thread(self._connect_params, {"connect_timeout": 10})
+        )
+
+        async def connect() -> psycopg.AsyncConnection[Any]:
+            return await psycopg.AsyncConnection.connect(conninfo, **kwargs)
+
+        with self._lock:
+            pool = self._async_pools.get(loop)
+            if pool is not None:
+                return pool
+            pool = self._async_pools[loop] = LoopConnections(connect, max_size=4)
+        # Closed when the loop's asyncio.run ends: it finalizes every async generator still
+        # suspended, this one included.
+        closer = _close_with_loop(pool, lambda: self._forget_async_pool(loop))
+        await closer.__anext__()
+        with self._lock:
+            self._async_closers[loop] = closer
+        return pool
+
+    def _forget_async_pool(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            self._async_pools.pop(loop, None)
+            self._async_closers.pop(loop, None)
+
+    def _close_async_pools(self, timeout: float) -> None:
+        with self._lock:
+            pools = list(self._async_pools.items())
+            self._async_pools.clear()
+            self._async_closers.clear()
+        for loop, pool in pools:
+            if loop.is_closed():
+                continue
+            if loop.is_running():
+                if _running_loop() is loop:
+                    # Called from this loop's own thread: it cannot block on its loop.
+                    loop.create_task(pool.close())
+                    continue
+                future = asyncio.run_coroutine_threadsafe(pool.close(), loop)
+                with contextlib.suppress(Exception):
+                    future.result(timeout)
+            else:
+                with contextlib.suppress(Exception):
+                    loop.run_until_complete(pool.close())
 
     # -- workers --------------------------------------------------------------------------------
 
@@ -627,11 +822,18 @@ class Scheduler:
         heartbeat_delay_jitter: Seconds = 30.0,
         worker_dead_without_heartbeat: Seconds | None = None,
         listen: bool = True,
+        event_loop_block_threshold: Seconds = 0.25,
     ) -> Worker:
         """Start a worker for one group and return it at once; it starts up in the background.
 
         ``listen=False`` makes the worker poll only (every ``poll_interval``), for connection
         poolers such as PgBouncer in transaction mode that cannot carry LISTEN.
+
+        Sync handlers run on the worker's runner threads; async handlers (coroutine functions)
+        run as tasks on the worker's event loop, one thread made when its first async job
+        arrives. Up to ``max_concurrent_jobs`` jobs run at once, of both kinds together. An
+        async handler that holds the loop for longer than ``event_loop_block_threshold`` seconds
+        (a blocking call) is logged as a warning naming its job and type.
         """
         if self._closed.is_set():
             raise RuntimeError("this scheduler is closed; create a new one to start workers")
@@ -658,6 +860,7 @@ class Scheduler:
             min_heartbeat_delay=min_heartbeat_delay,
             heartbeat_delay_jitter=heartbeat_delay_jitter,
             worker_dead_without_heartbeat=worker_dead_without_heartbeat,
+            event_loop_block_threshold=event_loop_block_threshold,
         )
         with self._lock:
             self._workers.append(worker)
@@ -758,17 +961,28 @@ class Scheduler:
             self._pool_closed = True
         if listener is not None:
             listener.stop()
+        self._close_async_pools(5.0 if clean else 1.0)
         if close_pool and self._own_pool is not None:
             self._own_pool.close(timeout=5.0 if clean else 1.0)
         with _live_lock:
             _live_schedulers.discard(self)
         return clean
 
+    async def aclose(self, timeout: Seconds | None = None) -> bool:
+        """:meth:`close` for asyncio code: the same, off the event loop, which goes on meanwhile."""
+        return await asyncio.to_thread(self.close, timeout)
+
     def __enter__(self) -> Scheduler:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> Scheduler:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     # -- fork -----------------------------------------------------------------------------------
 
@@ -787,6 +1001,9 @@ class Scheduler:
         self._workers = []
         self._listener = None
         self._opened = weakref.WeakSet()
+        # The parent's event loops do not run here.
+        self._async_pools = {}
+        self._async_closers = {}
         ready = self._ready.is_set()
         self._ready = threading.Event()
         self._setup_wake = threading.Event()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime as dt
 import inspect
 import itertools
@@ -17,6 +19,7 @@ import psycopg
 from pgxjob import context, metrics, queries
 from pgxjob.durations import Seconds, seconds
 from pgxjob.errors import WorkerNotRegisteredError
+from pgxjob.eventloop import EventLoopThread
 from pgxjob.heartbeat import Heartbeat
 from pgxjob.jobs import (
     ErrorWithRetry,
@@ -24,7 +27,9 @@ from pgxjob.jobs import (
     JobCancelled,
     JobGroup,
     JobType,
+    Signal,
     failure_text,
+    is_async_handler,
     is_final_run,
 )
 from pgxjob.prefetch import JobQueue
@@ -70,6 +75,7 @@ class Worker:
         min_heartbeat_delay: Seconds,
         heartbeat_delay_jitter: Seconds,
         worker_dead_without_heartbeat: Seconds | None,
+        event_loop_block_threshold: Seconds = 0.25,
     ) -> None:
         for name, value in (
             ("max_concurrent_jobs", max_concurrent_jobs),
@@ -86,6 +92,9 @@ class Worker:
         self._poll_interval = seconds(poll_interval, "poll_interval", allow_zero=False)
         max_age = seconds(max_buffered_job_result_age, "max_buffered_job_result_age")
         self._should_log_job_run = should_log_job_run
+        self._block_threshold = seconds(
+            event_loop_block_threshold, "event_loop_block_threshold", allow_zero=False
+        )
         min_delay = seconds(min_heartbeat_delay, "min_heartbeat_delay", allow_zero=False)
         jitter = seconds(heartbeat_delay_jitter, "heartbeat_delay_jitter")
         if worker_dead_without_heartbeat is None:
@@ -103,7 +112,7 @@ class Worker:
         self._name = f"pgxjob-worker-{group_name}-{next(_worker_numbers)}"
         self.startup_complete = threading.Event()
         """Set once the worker is registered in the database and fetching."""
-        self.shutdown_requested = threading.Event()
+        self.shutdown_requested = Signal()
         """Set when shutdown starts; each job this worker runs sees it as job.shutdown_requested."""
         self._id: int | None = None
         self._group: JobGroup | None = None
@@ -115,7 +124,12 @@ class Worker:
         self._fetch_failed = False
         self._cancel_polled_at = 0.0
 
-        self._queue = JobQueue(low_water=max_prefetched_jobs // 2, on_low_water=self._wake.set)
+        self._queue = JobQueue(
+            low_water=max_prefetched_jobs // 2,
+            on_low_water=self._wake.set,
+            limit=max_concurrent_jobs,
+            on_async_ready=self._on_async_ready,
+        )
         self._results = ResultBuffer(
             connection=self._connection,
             report=self._report,
@@ -154,6 +168,11 @@ class Worker:
         self._own_threads = {self._fetch_thread, *self._runners, self._flush_thread}
         self._shutdown_thread: threading.Thread | None = None
         self._shutdown_lock = threading.Lock()
+        # Made when the first async job arrives: a worker of sync job types never starts one.
+        self._event_loop: EventLoopThread | None = None
+        self._event_loop_lock = threading.Lock()
+        self._async_wake: asyncio.Event | None = None
+        self._async_types: dict[JobType, bool] = {}
 
     def _thread(
         self, name: str, role: str, body: Callable[[], None], backoff: threading.Event
@@ -330,7 +349,9 @@ class Worker:
             # Set until the claimed jobs are queued: whatever fails in between strands them.
             self._fetch_failed = True
             rows = queries.fetch_jobs(conn, worker_id, wanted)
-            if rows and not self._queue.put([self._job(row) for row in rows], worker_id):
+            if rows and not self._queue.put(
+                [self._job(row) for row in rows], worker_id, is_async=self._is_async
+            ):
                 # Shutdown closed the queue meanwhile: hand the jobs back at once.
                 queries.release_unknown_jobs(conn, worker_id, self._queue.known_ids())
             self._fetch_failed = False
@@ -354,7 +375,7 @@ class Worker:
             # A type row deleted under its jobs comes back without a name: say its id.
             name = row.type_name or f"<deleted job type id {row.type_id}>"
             job_type = JobType(row.type_id, name, self._group, _no_handler(name))
-        cancel_requested = threading.Event()
+        cancel_requested = Signal()
         if row.cancel_requested:
             cancel_requested.set()
         return Job(
@@ -394,30 +415,78 @@ class Worker:
     def _run(self, job: Job, worker_id: int) -> bool:
         """Run one job and buffer its result. True when the handler stopped the worker."""
         started_at = dt.datetime.now(dt.UTC)
-        err: BaseException | None = None
-        output: str | None = None
-        if job.cancel_requested.is_set():
-            # Cancelled while it waited in this worker's queue: it does not start.
-            finished_at = dt.datetime.now(dt.UTC)
-            self._results.add(
-                worker_id, self._result(job, started_at, finished_at, None, cancelled=True)
-            )
+        if self._skip_cancelled(job, worker_id, started_at):
             return False
         try:
-            # An async handler hidden from the declaration check returns a coroutine: fail the
-            # job rather than count it a success.
             run_job: Callable[[Job], object] = job.type.run_job
             returned = run_job(job)
             if inspect.isawaitable(returned):
-                if inspect.iscoroutine(returned):
-                    returned.close()
-                raise TypeError(
-                    f"the handler of job type {job.type.name!r} returned an awaitable, which "
-                    "pgxjob never awaits: handlers run on threads and must do their work before "
-                    "returning (e.g. asyncio.run(...))"
-                )
+                # A sync callable that returned an awaitable (it wraps an async handler): the
+                # loop awaits it while this runner thread waits.
+                returned = self._loop().run(job, returned)
             output = _output_json(job, returned)
-        except (SystemExit, KeyboardInterrupt) as exc:
+        except BaseException as exc:  # a handler's error of any kind is the job's result
+            return self._ended_by(job, worker_id, started_at, exc)
+        self._finish(job, worker_id, started_at, None, output)
+        return False
+
+    async def _run_async(self, job: Job, worker_id: int) -> None:
+        """:meth:`_run` for an async handler, as a task on the worker's event loop.
+
+        Only the call differs (it is awaited); before and after it the two share every step.
+        """
+        interrupted = False
+        try:
+            if self._abandoned.is_set():
+                # Taken just before the shutdown deadline: unregistering released it.
+                self._queue.forget([job.id])
+                return
+            started_at = dt.datetime.now(dt.UTC)
+            if self._skip_cancelled(job, worker_id, started_at):
+                return
+            assert self._event_loop is not None
+            with self._event_loop.running(job):
+                try:
+                    returned = await job.type.run_job(job)
+                    output = _output_json(job, returned)
+                except BaseException as exc:  # CancelledError and SystemExit included
+                    interrupted = self._ended_by(job, worker_id, started_at, exc)
+                else:
+                    self._finish(job, worker_id, started_at, None, output)
+        finally:
+            if self._queue.finished(job):
+                self._results.flush_soon()
+            if interrupted:
+                self._begin_shutdown()
+
+    def _skip_cancelled(self, job: Job, worker_id: int, started_at: dt.datetime) -> bool:
+        if not job.cancel_requested.is_set():
+            return False
+        # Cancelled while it waited in this worker's queue: it does not start.
+        finished_at = dt.datetime.now(dt.UTC)
+        self._results.add(
+            worker_id, self._result(job, started_at, finished_at, None, cancelled=True)
+        )
+        return True
+
+    def _ended_by(
+        self, job: Job, worker_id: int, started_at: dt.datetime, exc: BaseException
+    ) -> bool:
+        """A handler raised exc: record it, or release the job. True when the worker must stop."""
+        if isinstance(exc, asyncio.CancelledError | concurrent.futures.CancelledError) and (
+            self._abandoned.is_set()
+        ):
+            # Cancelled at the shutdown deadline: unregistering released the job, which runs
+            # again elsewhere; nothing is recorded.
+            logger.warning(
+                "pgxjob worker %s: job %s (%s) was cancelled at the shutdown deadline and released",
+                self._name,
+                job.id,
+                job.type.name,
+            )
+            self._queue.forget([job.id])
+            return False
+        if isinstance(exc, SystemExit | KeyboardInterrupt):
             # The process is being stopped, not the job failing: hand the job back untouched
             # (no attempt counted) and shut the worker down.
             logger.warning(
@@ -430,8 +499,17 @@ class Worker:
             )
             self._queue.forget([job.id])
             return True
-        except BaseException as exc:  # a handler's error of any kind is the job's result
-            err = exc
+        self._finish(job, worker_id, started_at, exc, None)
+        return False
+
+    def _finish(
+        self,
+        job: Job,
+        worker_id: int,
+        started_at: dt.datetime,
+        err: BaseException | None,
+        output: str | None,
+    ) -> None:
         finished_at = dt.datetime.now(dt.UTC)
         cancelled = (
             isinstance(err, JobCancelled)
@@ -450,7 +528,73 @@ class Worker:
         recorder = metrics.recorder
         if recorder is not None:
             _report_run(recorder, job, started_at, finished_at, err, cancelled)
-        return False
+
+    async def _dispatch(self) -> None:
+        """The loop's side of the queue: start a task per async job while the limit allows."""
+        # Inside a handler, pgxjob.ctx() is the scheduler whose worker runs the job; tasks
+        # copy this context.
+        context.current.set(self._scheduler)
+        wake = self._async_wake = asyncio.Event()
+        event_loop = self._event_loop
+        assert event_loop is not None
+        try:
+            while True:
+                items = self._queue.take_async()
+                if items is None:
+                    return
+                for job, worker_id in items:
+                    event_loop.spawn(self._run_async(job, worker_id))
+                if not items:
+                    await wake.wait()
+                    wake.clear()
+        except BaseException as exc:  # pragma: no cover - defensive: async jobs would stall
+            self._give_up("async dispatcher", exc)
+            raise
+
+    def _on_async_ready(self) -> None:
+        # From any thread: async jobs wait and may start (queued, a slot freed), or the queue
+        # closed. Only jobs being queued start the loop of a worker that has none yet.
+        with self._event_loop_lock:
+            event_loop = self._event_loop
+        if event_loop is None:
+            if self._queue.closed:
+                return
+            event_loop = self._loop()
+        event_loop.call_soon(self._wake_dispatcher)
+
+    def _wake_dispatcher(self) -> None:
+        if self._async_wake is not None:
+            self._async_wake.set()
+
+    def _is_async(self, job: Job) -> bool:
+        # Per job type, decided once: which lane of the queue its jobs take.
+        found = self._async_types.get(job.type)
+        if found is None:
+            found = self._async_types[job.type] = is_async_handler(job.type.run_job)
+        return found
+
+    def _loop(self) -> EventLoopThread:
+        with self._event_loop_lock:
+            if self._event_loop is None:
+                event_loop = EventLoopThread(
+                    f"{self._name}-loop", block_threshold=self._block_threshold
+                )
+                self._event_loop = event_loop
+                # A handler on the loop that calls shutdown() must not wait for itself.
+                self._own_threads.add(event_loop.thread)
+                event_loop.start()
+                event_loop.call_soon(lambda: event_loop.spawn(self._dispatch()))
+            return self._event_loop
+
+    def _wait_async_jobs(self) -> None:
+        # The runner threads are done: what still runs is async jobs' tasks on the loop.
+        self._queue.wait_none_running()
+
+    def _stop_loop(self) -> None:
+        with self._event_loop_lock:
+            event_loop = self._event_loop
+        if event_loop is not None:
+            event_loop.stop()
 
     def _log_failure(self, job: Job, err: BaseException) -> None:
         attempt = job.error_count + 1
@@ -550,7 +694,9 @@ class Worker:
             self._fetch_thread.join()
             for runner in self._runners:
                 runner.join()
+            self._wait_async_jobs()
             self._results.close()
+            self._stop_loop()
             self._flush_thread.join()
         except BaseException as exc:  # pragma: no cover - defensive: the worker must still stop
             self._report(exc)
@@ -602,6 +748,17 @@ class Worker:
         self._heartbeat.stop()
         self._abandoned.set()
         self._results.abandon()
+        with self._event_loop_lock:
+            event_loop = self._event_loop
+        if event_loop is not None:
+            # Unlike threads, coroutines can be stopped: their runners then return at once.
+            cancelled = event_loop.cancel_all()
+            if cancelled:
+                logger.warning(
+                    "pgxjob worker %s: cancelled %d running async jobs at the shutdown deadline",
+                    self._name,
+                    cancelled,
+                )
         worker_id = self._id
         if worker_id is None:
             return

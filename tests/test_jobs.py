@@ -403,19 +403,59 @@ def test_filter_error_accepts_a_plain_function_and_checks_the_filter_when_wrappi
         pgxjob.filter_error(fail, broken)(make_job(None))
 
 
-def test_a_coroutine_function_is_refused_when_its_job_type_is_declared() -> None:
-    async def send(job: pgxjob.Job) -> None:
-        pass
+def test_coroutine_handlers_are_declared_as_async_and_wrappers_keep_them_async() -> None:
+    import asyncio
+
+    async def send(job: pgxjob.Job) -> str:
+        return "sent"
 
     class AsyncHandler:
-        async def __call__(self, job: pgxjob.Job) -> None:
-            pass
+        async def __call__(self, job: pgxjob.Job) -> str:
+            return "called"
+
+    def plain(job: pgxjob.Job) -> None:
+        pass
 
     for handler in (send, AsyncHandler()):
-        with pytest.raises(TypeError, match=r"coroutine function.*asyncio\.run"):
-            pgxjob.JobTypeConfig("async_send", handler)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="coroutine function"):
-            pgxjob.job_type("async_send")(handler)  # type: ignore[arg-type]
+        assert pgxjob.JobTypeConfig("async_send", handler).is_async
+        assert pgxjob.job_type("async_send")(handler).is_async
+    assert not pgxjob.JobTypeConfig("plain", plain).is_async
+    filtered = pgxjob.filter_error(send, pgxjob.RetryLinearBackoffErrorFilter(1, 1))
+    assert pgxjob.JobTypeConfig("filtered", filtered).is_async
+    assert asyncio.run(filtered(make_job(None))) == "sent"
+
+    @pgxjob.unmarshal_params
+    async def typed(job: pgxjob.Job, params: Greeting) -> str:
+        return params["name"]
+
+    assert pgxjob.JobTypeConfig("typed", typed).is_async
+    assert asyncio.run(typed(make_job('{"name": "Ada"}'))) == "Ada"
+    with pytest.raises(ParamsError):
+        asyncio.run(typed(make_job('{"nom": "Ada"}')))
+
+
+def test_an_async_error_filter_retries_as_the_sync_one_does() -> None:
+    import asyncio
+
+    async def fail(job: pgxjob.Job) -> None:
+        raise OSError("down")
+
+    async def cancelled(job: pgxjob.Job) -> None:
+        raise pgxjob.JobCancelled
+
+    backoff = pgxjob.RetryLinearBackoffErrorFilter(2, 1)
+    with pytest.raises(pgxjob.ErrorWithRetry, match="down"):
+        asyncio.run(pgxjob.filter_error(fail, backoff)(make_job(None, error_count=1)))
+    with pytest.raises(OSError, match="down"):
+        asyncio.run(pgxjob.filter_error(fail, backoff)(make_job(None, error_count=2)))
+    with pytest.raises(pgxjob.JobCancelled):
+        asyncio.run(pgxjob.filter_error(cancelled, backoff)(make_job(None)))
+
+    def broken(job: pgxjob.Job, err: BaseException) -> BaseException:
+        return "retry please"  # type: ignore[return-value]
+
+    with pytest.raises(TypeError, match="must return an exception"):
+        asyncio.run(pgxjob.filter_error(fail, broken)(make_job(None)))
 
 
 def test_error_classes_are_exported_from_the_package() -> None:

@@ -17,11 +17,18 @@ def noop(job: pgxjob.Job) -> None:
     common.COUNTER.hit(job.params)
 
 
+async def noop_async(job: pgxjob.Job) -> None:
+    common.COUNTER.hit(job.params)
+
+
 NOOP = pgxjob.JobTypeConfig("noop", run_job=noop)
+# The same job type with a coroutine handler, run on the worker's event loop (consume option
+# "handler": "async"): the asyncio path of the same queue.
+NOOP_ASYNC = pgxjob.JobTypeConfig("noop", run_job=noop_async)
 
 
-def scheduler(dsn: str) -> pgxjob.Scheduler:
-    sched = pgxjob.Scheduler(dsn, job_types=[NOOP])
+def scheduler(dsn: str, *, async_handler: bool = False) -> pgxjob.Scheduler:
+    sched = pgxjob.Scheduler(dsn, job_types=[NOOP_ASYNC if async_handler else NOOP])
     sched.wait_ready(timeout=30)
     return sched
 
@@ -160,7 +167,7 @@ def consume(dsn: str, opts: dict[str, Any]) -> None:
     cfg = dict(opts.get("worker", {}))
     if not opts.get("log", True):
         cfg["should_log_job_run"] = lambda *a: False
-    sched = scheduler(dsn)
+    sched = scheduler(dsn, async_handler=opts.get("handler") == "async")
     holder: dict[str, Any] = {}
 
     def start() -> None:
