@@ -56,6 +56,7 @@ FULL = {
     "big_n": 200000,  # pgxjob only: RSS over a long drain
     "keyed_levels": 5,  # keyed drain: priority levels, shuffled over the backlog of n
     "keyed_share": 0.5,  # keyed drain: share of jobs with a (distinct) unique key
+    "scaleout_n": 20000,  # pgxjob only: each point of 1-8 processes and 1-16 groups
 }
 QUICK = {
     "rounds": 1,
@@ -71,6 +72,7 @@ QUICK = {
     "big_n": 10000,
     "keyed_levels": 5,
     "keyed_share": 0.5,
+    "scaleout_n": 3000,
 }
 
 # -- systems and their configurations ---------------------------------------------------------
@@ -168,11 +170,13 @@ SYSTEMS: dict[str, dict[str, Any]] = {
 }
 
 ALL_WORKLOADS = ["sweep", "single", "drain1", "drain2", "keyed", "steady", "latency", "scaling",
-                 "mixed", "big"]  # fmt: skip
+                 "mixed", "big", "scaleout"]  # fmt: skip
 # Workloads run in the first round only.
-ONCE = ("sweep", "big", "scaling")
+ONCE = ("sweep", "big", "scaling", "scaleout")
 # Consumer options given with --config: the sweep measures these systems but keeps their options.
 PINNED: set[str] = set()
+# The private cluster's data directory, whose processes the scaleout workload reads CPU time of.
+PRIVATE_PGDATA: list[Path | None] = [None]
 
 
 def log(msg: str) -> None:
@@ -859,6 +863,23 @@ def w_big(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
             "big_peak_rss_mb": (d.get("peak_rss_kb") or 0) / 1024}  # fmt: skip
 
 
+def w_scaleout(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
+    """pgxjob with 1-8 worker processes and 1-16 groups: bench/scaleout.py, docs/scaling.md."""
+    import scaleout
+
+    return scaleout.run(
+        sz,
+        server=server,
+        consume=SYSTEMS[system]["consume"],
+        pgdata=PRIVATE_PGDATA[0],
+        run_driver=run_driver,
+        consumers=consumers,
+        wait_count=wait_count,
+        remaining_sql=SYSTEMS[system]["remaining_sql"],
+        timeout=drain_timeout(sz["scaleout_n"]),
+    )
+
+
 WORKLOADS = {
     "sweep": w_sweep,
     "single": w_single,
@@ -870,6 +891,7 @@ WORKLOADS = {
     "scaling": w_scaling,
     "mixed": w_mixed,
     "big": w_big,
+    "scaleout": w_scaleout,
 }
 
 
@@ -881,7 +903,7 @@ def applies(system: str, workload: str) -> bool:
         return "sweep" in spec
     if "only" in spec:
         return workload in spec["only"]
-    if workload == "keyed":
+    if workload in ("keyed", "scaleout"):
         return system == "pgxjob"
     if workload == "big":
         return system.startswith("pgxjob")
@@ -948,6 +970,7 @@ def main() -> None:
     else:
         cluster = PrivateCluster(args.port)
         base = cluster.start()
+        PRIVATE_PGDATA[0] = cluster.data
     server = Server(base)
     started = time.time()
     raw: dict[str, dict[str, list[Any]]] = {s: {} for s in systems}
