@@ -12,22 +12,18 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from pgxjob import queries
-from pgxjob.errors import PgxjobError
+from pgxjob.errors import ListenConninfoError
 from pgxjob.supervise import supervise
 
 if TYPE_CHECKING:
     from pgxjob.scheduler import Scheduler
     from pgxjob.worker import Worker
 
-__all__ = ["ListenConninfoError", "Listener"]
+__all__ = ["Listener"]
 
 logger = logging.getLogger(__name__)
 
 _PING_INTERVAL = 30.0
-
-
-class ListenConninfoError(PgxjobError):
-    """The listener's connection (listen_conninfo) reaches another database than the pool's."""
 
 
 class Listener:
