@@ -42,11 +42,17 @@ def _cpu_seconds(pid: int, *, children: bool) -> float:
 
 
 def _child_pids(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    try:
-        return [int(p) for p in path.read_text().split()]
-    except OSError:
-        return []
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # ppid
+            children.append(int(entry.name))
+    return children
 
 
 def server_cpu(pgdata: Path | None) -> float | None:

@@ -92,7 +92,7 @@ class Listener:
         # listen_conninfo, past a transaction pooler), so that the listener is in the same
         # database and never holds a connection the workers need. Keepalives: a connection that
         # dies silently (host crash, NAT timeout) must raise.
-        with self._scheduler.listen_connection(
+        with self._scheduler._listen_connection(
             connect_timeout=5,
             keepalives=1,
             keepalives_idle=30,

@@ -395,7 +395,7 @@ class Scheduler:
         self._opened.add(conn)
         return conn
 
-    def listen_connection(self, **options: Any) -> psycopg.Connection[Any]:
+    def _listen_connection(self, **options: Any) -> psycopg.Connection[Any]:
         """Open the listener's connection: to ``listen_conninfo`` when set, else as the pool's.
 
         ``options`` are libpq parameters used where the conninfo does not set them.

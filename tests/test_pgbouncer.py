@@ -189,6 +189,8 @@ def test_schedule_in_the_callers_transaction_through_pgbouncer_commits_or_rolls_
         # A minute's poll: only the NOTIFY heard on the direct connection wakes the worker.
         worker = scheduler.start_worker(group_name=GROUPS[0], poll_interval=60, **FAST)
         assert worker.startup_complete.wait(10)
+        with pytest.raises(RuntimeError, match="before start_worker"):
+            scheduler.listen_conninfo = url
         wait_for(
             lambda: scheduler._listener is not None and scheduler._listener.connected.is_set(),
             10,
@@ -282,7 +284,7 @@ def test_a_listen_conninfo_to_another_database_is_reported_not_silently_deaf(
 
 def test_bad_listen_conninfo_is_refused_when_the_scheduler_is_made() -> None:
     with pytest.raises(ValueError, match="listen_conninfo"):
-        pgxjob.Scheduler("postgresql://x@127.0.0.1/db", listen_conninfo="host=a port=")
+        pgxjob.Scheduler("postgresql://x@127.0.0.1/db", listen_conninfo="host=a port")
     with pytest.raises(ValueError, match="listen_conninfo"):
         pgxjob.Scheduler("postgresql://x@127.0.0.1/db", listen_conninfo="  ")
     with pytest.raises(ValueError, match="prepare_threshold"):
