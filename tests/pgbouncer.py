@@ -2,8 +2,8 @@
 
 It runs the distribution's ``pgbouncer`` binary (Debian: ``apt-get install pgbouncer``, which
 .ci/run does) with a configuration of its own in a temporary directory, on a free port. PgBouncer
-refuses to run as root: as root it is started with ``-u postgres`` and the directory is handed
-to that user.
+refuses to run as root: as root it is started with ``-u postgres`` (or as the owner of the
+server's Unix socket directory) and the directory is handed to that user.
 
 The pool is made to expose any reliance on session state: a few server connections per
 database and user, opened in advance (``min_pool_size``) and handed out in turn
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -70,6 +71,12 @@ class PgBouncer:
         self.port = _free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="pgxjob-pgbouncer-"))
         self.as_root = os.geteuid() == 0
+        # As root, PgBouncer runs as postgres; a server on a Unix socket in a directory only its
+        # owner may enter (the embedded wheel's) is reached as that owner instead.
+        self.run_as = "postgres"
+        host = str(self.server.get("host") or "")
+        if host.startswith("/") and os.path.isdir(host):
+            self.run_as = pwd.getpwuid(os.stat(host).st_uid).pw_name
         self.users: set[str] = {str(self.server.get("user") or os.environ.get("USER", "root"))}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -106,14 +113,14 @@ class PgBouncer:
         self._write_users()
         if self.as_root:
             for path in (self.dir, *self.dir.iterdir()):
-                shutil.chown(path, "postgres", "postgres")
+                shutil.chown(path, self.run_as)
 
     def _write_users(self) -> None:
         # trust: no password is checked, but PgBouncer still admits only the users listed.
         path = self.dir / "userlist.txt"
         path.write_text("".join(f'"{user}" ""\n' for user in sorted(self.users)))
         if self.as_root:
-            shutil.chown(path, "postgres", "postgres")
+            shutil.chown(path, self.run_as)
 
     def add_user(self, name: str) -> None:
         """Admit another role (trust), reloading the running PgBouncer."""
@@ -127,7 +134,7 @@ class PgBouncer:
         self._write_config()
         command = [self.binary, str(self.dir / "pgbouncer.ini")]
         if self.as_root:
-            command[1:1] = ["-u", "postgres"]
+            command[1:1] = ["-u", self.run_as]
         self.proc = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir
         )
