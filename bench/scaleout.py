@@ -10,7 +10,9 @@ with 1 group every process serves it), each point on a fresh database, and repor
 - ``worker_cpu_us_per_job`` and ``worker_cores``: the same for the worker processes;
 - ``wal_bytes_per_job``: WAL written by the drain;
 - ``xacts_per_job``: committed transactions in the database per job, which with pgxjob's
-  autocommit calls is the round trips per job (the runner's own polls are subtracted).
+  autocommit calls is the round trips per job (the runner's own polls are subtracted);
+- ``enqueue_wal_bytes_per_job`` and ``enqueue_db_cpu_us_per_job``: the same for filling the
+  backlog with ``schedule_many`` in batches of 5,000.
 
 CPU figures need the private cluster (the default); with --dsn they are left out.
 """
@@ -92,7 +94,16 @@ def point(
     db = server.fresh(f"pgxjob_scaleout_{procs}_{groups}")
     dsn = server.dsn(db)
     run_driver("pgxjob", "setup", dsn, {"groups": names})
-    run_driver("pgxjob", "backlog", dsn, {"n": n, "batch": 5000, "groups": names})
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        lsn_enqueue = conn.execute("select pg_current_wal_lsn()").fetchone()[0]
+        cpu_enqueue = server_cpu(pgdata)
+        run_driver("pgxjob", "backlog", dsn, {"n": n, "batch": 5000, "groups": names})
+        wal_enqueue = int(
+            conn.execute(
+                "select pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", [lsn_enqueue]
+            ).fetchone()[0]
+        )
+        cpu_enqueued = server_cpu(pgdata)
     if groups >= procs:
         served = [[g for k, g in enumerate(names) if k % procs == i] for i in range(procs)]
     else:
@@ -140,6 +151,7 @@ def point(
         "n": n,
         "rate": n / wall,
         "wal_bytes_per_job": wal / n,
+        "enqueue_wal_bytes_per_job": wal_enqueue / n,
         "xacts_per_job": commits / n,
         "worker_cpu_us_per_job": (wcpu1 - wcpu0) / n * 1e6,
         "worker_cores": (wcpu1 - wcpu0) / wall,
@@ -147,6 +159,9 @@ def point(
     if cpu0 is not None and cpu1 is not None:
         out["db_cpu_us_per_job"] = (cpu1 - cpu0) / n * 1e6
         out["db_cores"] = (cpu1 - cpu0) / wall
+    if cpu_enqueue is not None and cpu_enqueued is not None:
+        # schedule_many in batches of 5,000 (the backlog): the server's share of enqueueing.
+        out["enqueue_db_cpu_us_per_job"] = (cpu_enqueued - cpu_enqueue) / n * 1e6
     return out
 
 

