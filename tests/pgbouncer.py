@@ -43,15 +43,6 @@ def pgbouncer_binary() -> str | None:
     return None
 
 
-def pgbouncer_version() -> tuple[int, ...]:
-    binary = pgbouncer_binary()
-    assert binary is not None
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
-    # "PgBouncer 1.18.0" on the first line.
-    words = out.stdout.split()
-    return tuple(int(part) for part in words[1].split(".")[:2])
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -29,7 +29,7 @@ import pytest
 import pgxjob
 from pgxjob.migrations import latest_version, migrate
 from tests.dbserver import admin_conninfo, scratch_database
-from tests.pgbouncer import PgBouncer, pgbouncer_binary, pgbouncer_version
+from tests.pgbouncer import PgBouncer, pgbouncer_binary
 from tests.test_chaos import GROUPS, check_outcome, pending_ids, prepare, schedule_jobs
 from tests.test_faults import Errors, Recorder, query, scalar, wait_for
 from tests.worker_process import JOB_TYPE, WorkerProcess
@@ -130,12 +130,6 @@ def test_pgbouncer_in_transaction_mode_breaks_a_client_that_relies_on_its_sessio
         # Prepared in one server session, executed in the next, which does not have it.
         for n in range(12):
             conn.execute("select %s::int", (n,))
-
-
-def test_installed_pgbouncer_is_the_one_the_docs_describe() -> None:
-    # Before 1.21 PgBouncer carries no prepared statement across transactions, so pgxjob never
-    # prepares by default; README's PgBouncer section says so.
-    assert pgbouncer_version() >= (1, 17)
 
 
 # -- migrations -----------------------------------------------------------------------------------
