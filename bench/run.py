@@ -58,6 +58,7 @@ FULL = {
     "keyed_share": 0.5,  # keyed drain: share of jobs with a (distinct) unique key
     "periodic_s": 60,  # pgxjob only: seconds of a per-second periodic job on an idle worker
     "claimed_ahead": 20000,  # pgxjob only, adverse drain: jobs claimed by another worker ahead
+    "scaleout_n": 20000,  # pgxjob only: each point of 1-8 processes and 1-16 groups
 }
 QUICK = {
     "rounds": 1,
@@ -75,6 +76,7 @@ QUICK = {
     "keyed_share": 0.5,
     "periodic_s": 10,
     "claimed_ahead": 3000,
+    "scaleout_n": 3000,
 }
 
 # -- systems and their configurations ---------------------------------------------------------
@@ -194,11 +196,13 @@ SYSTEMS: dict[str, dict[str, Any]] = {
 }
 
 ALL_WORKLOADS = ["sweep", "single", "drain1", "drain2", "keyed", "steady", "latency", "scaling",
-                 "mixed", "big", "periodic", "adverse"]  # fmt: skip
+                 "mixed", "big", "periodic", "adverse", "scaleout"]  # fmt: skip
 # Workloads run in the first round only.
-ONCE = ("sweep", "big", "scaling", "periodic")
+ONCE = ("sweep", "big", "scaling", "periodic", "scaleout")
 # Consumer options given with --config: the sweep measures these systems but keeps their options.
 PINNED: set[str] = set()
+# The private cluster's data directory, whose processes the scaleout workload reads CPU time of.
+PRIVATE_PGDATA: list[Path | None] = [None]
 
 
 def log(msg: str) -> None:
@@ -957,6 +961,23 @@ def w_big(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
             "big_peak_rss_mb": (d.get("peak_rss_kb") or 0) / 1024}  # fmt: skip
 
 
+def w_scaleout(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
+    """pgxjob with 1-8 worker processes and 1-16 groups: bench/scaleout.py, docs/scaling.md."""
+    import scaleout
+
+    return scaleout.run(
+        sz,
+        server=server,
+        consume=SYSTEMS[system]["consume"],
+        pgdata=PRIVATE_PGDATA[0],
+        run_driver=run_driver,
+        consumers=consumers,
+        wait_count=wait_count,
+        remaining_sql=SYSTEMS[system]["remaining_sql"],
+        timeout=drain_timeout(sz["scaleout_n"]),
+    )
+
+
 WORKLOADS = {
     "sweep": w_sweep,
     "single": w_single,
@@ -970,6 +991,7 @@ WORKLOADS = {
     "big": w_big,
     "periodic": w_periodic,
     "adverse": w_adverse,
+    "scaleout": w_scaleout,
 }
 
 
@@ -981,7 +1003,7 @@ def applies(system: str, workload: str) -> bool:
         return "sweep" in spec
     if "only" in spec:
         return workload in spec["only"]
-    if workload == "keyed":
+    if workload in ("keyed", "scaleout"):
         return system == "pgxjob"
     if workload == "big":
         return system.startswith("pgxjob")
@@ -1050,6 +1072,7 @@ def main() -> None:
     else:
         cluster = PrivateCluster(args.port)
         base = cluster.start()
+        PRIVATE_PGDATA[0] = cluster.data
     server = Server(base)
     started = time.time()
     raw: dict[str, dict[str, list[Any]]] = {s: {} for s in systems}

@@ -8,6 +8,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidCronError",
     "InvalidNameError",
+    "ListenConninfoError",
     "NotReadyError",
     "PgxjobError",
     "SchemaVersionError",
@@ -47,6 +48,10 @@ class InvalidCronError(PgxjobError, ValueError):
 
 class SchemaVersionError(PgxjobError):
     """The database's pgxjob schema is missing, or newer than this version of pgxjob."""
+
+
+class ListenConninfoError(PgxjobError):
+    """The scheduler's listen_conninfo reaches another database than its other connections."""
 
 
 class NotReadyError(PgxjobError, TimeoutError):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from pgxjob import queries
+from pgxjob.errors import ListenConninfoError
 from pgxjob.supervise import supervise
 
 if TYPE_CHECKING:
@@ -87,10 +88,11 @@ class Listener:
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[psycopg.Connection[Any]]:
-        # A connection of its own, made as the scheduler's pool makes them, so that the listener
-        # is in the same database and never holds a connection the workers need. Keepalives: a
-        # connection that dies silently (host crash, NAT timeout) must raise.
-        with self._scheduler.direct_connection(
+        # A connection of its own, made as the scheduler's pool makes them (or to the scheduler's
+        # listen_conninfo, past a transaction pooler), so that the listener is in the same
+        # database and never holds a connection the workers need. Keepalives: a connection that
+        # dies silently (host crash, NAT timeout) must raise.
+        with self._scheduler._listen_connection(
             connect_timeout=5,
             keepalives=1,
             keepalives_idle=30,
@@ -99,11 +101,25 @@ class Listener:
         ) as conn:
             yield conn
 
+    def _check_same_database(self, conn: psycopg.Connection[Any]) -> None:
+        # Notifications are per database: a listener elsewhere would hear nothing, silently.
+        with self._scheduler.connection() as pooled:
+            expected = queries.database_identity(pooled)
+        found = queries.database_identity(conn)
+        if found != expected:
+            raise ListenConninfoError(
+                f"listen_conninfo reaches database {found[0]!r} on a server with port {found[1]},"
+                f" not the scheduler's database {expected[0]!r} (server port {expected[1]}); "
+                "point it at the same database, directly rather than through the pooler"
+            )
+
     def _run(self) -> None:
         delay = 0.05
         while not self._stop.is_set():
             try:
                 with self._connect() as conn:
+                    if self._scheduler.listen_conninfo is not None:
+                        self._check_same_database(conn)
                     queries.listen(conn)
                     self.connected.set()
                     delay = 0.05

@@ -129,17 +129,18 @@ def migrate(
 
 
 def _migrate(conn: psycopg.Connection[Any], schema: str) -> list[int]:
-    # A migration may set the session's search_path (so that plain psql runs every statement of
-    # the file with pgxjob's private schema on it); the caller's connection gets its own back.
-    with conn.transaction():
-        row = conn.execute("select current_setting('search_path')").fetchone()
-    saved_search_path = "" if row is None else str(row[0])
+    # Nothing here lasts beyond a transaction, so that the migrator works through a pooler in
+    # transaction mode (PgBouncer) as well as on a session of its own: no prepared statement,
+    # only transaction-level advisory locks, and the search_path a migration sets for the
+    # session (so that plain psql runs every statement of the file with pgxjob's private schema
+    # on it) is put back before that migration's commit.
+    previous = conn.prepare_threshold
+    conn.prepare_threshold = None
     try:
         return _apply(conn, schema)
     finally:
-        if not conn.closed and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            with conn.transaction():
-                conn.execute("select set_config('search_path', %s, false)", (saved_search_path,))
+        if not conn.closed:
+            conn.prepare_threshold = previous
 
 
 def _apply(conn: psycopg.Connection[Any], schema: str) -> list[int]:
@@ -148,6 +149,8 @@ def _apply(conn: psycopg.Connection[Any], schema: str) -> list[int]:
     applied_now = []
     for migration in migrations:
         with conn.transaction():
+            row = conn.execute("select current_setting('search_path')").fetchone()
+            saved_search_path = "" if row is None else str(row[0])
             conn.execute("select pg_advisory_xact_lock(%s, %s)", (_LOCK_CLASS, _LOCK_KEY))
             _use_schema(conn, schema)
             row = conn.execute("select max(version) from pgxjob_schema_migrations").fetchone()
@@ -170,5 +173,8 @@ def _apply(conn: psycopg.Connection[Any], schema: str) -> list[int]:
                 " on conflict (version) do nothing",
                 (migration.version, migration.name),
             )
+            # Session-level, in this transaction: the server session, whichever client it
+            # serves next, keeps the search_path it had.
+            conn.execute("select set_config('search_path', %s, false)", (saved_search_path,))
             applied_now.append(migration.version)
     return applied_now

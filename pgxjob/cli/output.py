@@ -92,8 +92,14 @@ class Progress:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self.conn is None or self.conn.closed:
+            # No prepared statements: the same query every half second, perhaps through a pooler
+            # in transaction mode.
             self.conn = psycopg.connect(
-                self.db.conninfo, autocommit=True, connect_timeout=5, application_name="pgxjob-cli"
+                self.db.conninfo,
+                autocommit=True,
+                connect_timeout=5,
+                application_name="pgxjob-cli",
+                prepare_threshold=None,
             )
             queries.set_schema(self.conn, self.schema)
         return self.conn

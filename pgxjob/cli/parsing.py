@@ -328,6 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="poll only, without LISTEN (for PgBouncer in transaction mode)",
     )
     worker.add_argument(
+        "--listen-database-url",
+        metavar="URL",
+        default=None,
+        help="LISTEN over a direct connection to this URL, the same database reached without "
+        "the pooler (for PgBouncer in transaction mode); env PGXJOB_LISTEN_DATABASE_URL",
+    )
+    worker.add_argument(
         "--log-final-runs-only",
         action="store_true",
         help="write only a job's final run to the run log, not each retried attempt",

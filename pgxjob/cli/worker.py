@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 # The worker's own messages keep the logger name users filter on.
 logger = logging.getLogger("pgxjob.cli")
 
+LISTEN_URL_ENV = "PGXJOB_LISTEN_DATABASE_URL"
+"""Where ``pgxjob worker`` LISTENs when --listen-database-url is not given."""
+
 
 def load_app(spec: str, conninfo: str) -> Scheduler:
     """Import APP (``module:attribute``) and return its Scheduler.
@@ -120,8 +123,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
             f"--schema {schema} but APP's Scheduler works in schema {scheduler.schema!r}; "
             "give it the same schema (Scheduler(..., schema=...)) or drop --schema"
         )
+    listen_url = args.listen_database_url or os.environ.get(LISTEN_URL_ENV) or None
+    if listen_url is not None and not args.listen:
+        raise UsageError(
+            "--listen-database-url (or " + LISTEN_URL_ENV + ") and --no-listen contradict each "
+            "other: give the direct URL to wake on notifications, or --no-listen to poll only"
+        )
     with connect(db, schema) as conn:
         _check_same_database(args, db, conn, scheduler)
+        if listen_url is not None:
+            _use_listen_url(listen_url, conn, scheduler)
         if args.migrate:
             try:
                 applied = migrations.migrate(conn, schema=schema)
@@ -159,7 +170,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             ", ".join(groups),
             db.describe(),
             args.concurrency,
-            "LISTEN" if args.listen else "poll only",
+            _listen_mode(args, listen_url),
         )
         if not logger.isEnabledFor(logging.INFO):
             note(args, f"serving {', '.join(groups)} on {db.describe()}")
@@ -251,6 +262,32 @@ def _check_same_database(
             f"{db.source}); build its Scheduler from DATABASE_URL, which this command sets, "
             "or from a factory that takes the conninfo, or give the matching --database-url"
         )
+
+
+def _listen_mode(args: argparse.Namespace, listen_url: str | None) -> str:
+    if not args.listen:
+        return "poll only"
+    if listen_url is None:
+        return "LISTEN"
+    return f"LISTEN via {embedded.redact(listen_url)}"
+
+
+def _use_listen_url(url: str, conn: psycopg.Connection[Any], scheduler: Scheduler) -> None:
+    """Point the APP's listener at url, once it is known to reach the command's database."""
+    listen_db = embedded.Database(url, "--listen-database-url")
+    with connect(listen_db, scheduler.schema) as listen_conn:
+        theirs = queries.database_identity(listen_conn)
+    ours = queries.database_identity(conn)
+    if theirs != ours:
+        raise UsageError(
+            f"--listen-database-url reaches database {theirs[0]} (server port {theirs[1]}), not "
+            f"the worker's database {ours[0]} (server port {ours[1]}): give the same database, "
+            "reached directly rather than through the pooler"
+        )
+    try:
+        scheduler.listen_conninfo = url
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(f"--listen-database-url: {exc}") from exc
 
 
 def _log_final_runs() -> Any:
