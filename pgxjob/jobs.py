@@ -64,18 +64,22 @@ class Signal(threading.Event):
     signal.wait_async(timeout)``, or take the ``asyncio.Event`` view of :meth:`as_asyncio`.
     """
 
+    # One lock for every Signal's views: a job makes a Signal, and few are ever awaited, so
+    # each Signal makes its lock-free part only (see _views).
+    _views_lock = threading.Lock()
+
     def __init__(self) -> None:
         super().__init__()
-        self._views_lock = threading.Lock()
-        # One asyncio.Event per event loop that asked, set through that loop when this is set.
-        self._views: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Event] = (
-            weakref.WeakKeyDictionary()
+        # One asyncio.Event per event loop that asked, set through that loop when this is set;
+        # made on the first ask.
+        self._views: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Event] | None = (
+            None
         )
 
     def set(self) -> None:
         super().set()
         with self._views_lock:
-            views = list(self._views.items())
+            views = list(self._views.items()) if self._views is not None else []
         for loop, event in views:
             # A closed loop raises RuntimeError: nobody waits on its view any more.
             with contextlib.suppress(RuntimeError):
@@ -85,6 +89,8 @@ class Signal(threading.Event):
         """An ``asyncio.Event`` of the running loop that is set when this Signal is."""
         loop = asyncio.get_running_loop()
         with self._views_lock:
+            if self._views is None:
+                self._views = weakref.WeakKeyDictionary()
             event = self._views.get(loop)
             if event is None:
                 event = self._views[loop] = asyncio.Event()
