@@ -64,37 +64,68 @@ class Signal(threading.Event):
     signal.wait_async(timeout)``, or take the ``asyncio.Event`` view of :meth:`as_asyncio`.
     """
 
-    # One lock for every Signal's views: a job makes a Signal, and few are ever awaited, so
-    # each Signal makes its lock-free part only (see _views).
-    _views_lock = threading.Lock()
+    # Every job gets a Signal and few are ever waited for, so a Signal makes its condition and
+    # its asyncio views on first use, under this one lock shared by all Signals.
+    _lazy_lock = threading.Lock()
 
-    def __init__(self) -> None:
-        super().__init__()
-        # One asyncio.Event per event loop that asked, set through that loop when this is set;
-        # made on the first ask.
+    def __init__(self) -> None:  # no super().__init__(): its condition is made when needed
+        self._flag = False
+        self._lazy_cond: threading.Condition | None = None
+        # One asyncio.Event per event loop that asked, set through that loop when this is set.
         self._views: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Event] | None = (
             None
         )
 
+    def _condition(self) -> threading.Condition:
+        cond = self._lazy_cond
+        if cond is None:
+            with self._lazy_lock:
+                cond = self._lazy_cond
+                if cond is None:
+                    cond = self._lazy_cond = threading.Condition(threading.Lock())
+        return cond
+
+    def is_set(self) -> bool:
+        return self._flag
+
     def set(self) -> None:
-        super().set()
-        with self._views_lock:
+        cond = self._condition()
+        with cond:
+            self._flag = True
+            cond.notify_all()
+        with self._lazy_lock:
             views = list(self._views.items()) if self._views is not None else []
         for loop, event in views:
             # A closed loop raises RuntimeError: nobody waits on its view any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(event.set)
 
+    def clear(self) -> None:
+        with self._condition():
+            self._flag = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        cond = self._condition()
+        with cond:
+            signaled = self._flag
+            if not signaled:
+                signaled = cond.wait(timeout)
+            return signaled
+
+    def _at_fork_reinit(self) -> None:
+        if self._lazy_cond is not None:
+            self._lazy_cond._at_fork_reinit()  # type: ignore[attr-defined]
+
     def as_asyncio(self) -> asyncio.Event:
         """An ``asyncio.Event`` of the running loop that is set when this Signal is."""
         loop = asyncio.get_running_loop()
-        with self._views_lock:
+        with self._lazy_lock:
             if self._views is None:
                 self._views = weakref.WeakKeyDictionary()
             event = self._views.get(loop)
             if event is None:
                 event = self._views[loop] = asyncio.Event()
-            if super().is_set():
+            if self._flag:
                 event.set()
         return event
 
