@@ -129,7 +129,7 @@ begin
     where j.id = any (array(select x.job_id from decided x where x.next_run_at is null))
       and j.worker_id = p_worker_id
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.inserted_at as run_at, j.params,
-      0 as error_count, j.unique_key
+      0 as error_count, j.unique_key, j.trace_context
   ),
   done_run_at as (
     -- A final failure must also match the error_count: a result for an earlier run of the job
@@ -141,7 +141,7 @@ begin
       and j.worker_id = p_worker_id
       and (not i.failed or i.cancelled or j.error_count = i.error_count)
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, j.error_count,
-      j.unique_key
+      j.unique_key, j.trace_context
   ),
   moved as (
     delete from pgxjob_asap_jobs j
@@ -152,15 +152,15 @@ begin
       and j.id = i.job_id
       and j.worker_id = p_worker_id
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.inserted_at as run_at, j.params,
-      0 as error_count, i.next_run_at, i.error, j.priority, j.unique_key
+      0 as error_count, i.next_run_at, i.error, j.priority, j.unique_key, j.trace_context
   ),
   moved_in as (
     insert into pgxjob_run_at_jobs (
       id, inserted_at, run_at, next_run_at, group_id, type_id, error_count, last_error, params,
-      priority, unique_key
+      priority, unique_key, trace_context
     )
     select m.id, m.inserted_at, m.run_at, m.next_run_at, m.group_id, m.type_id, 1, m.error,
-      m.params, m.priority, m.unique_key
+      m.params, m.priority, m.unique_key, m.trace_context
     from moved m
     returning group_id
   ),
@@ -175,7 +175,8 @@ begin
       and j.id = i.job_id
       and j.worker_id = p_worker_id
       and j.error_count = i.error_count
-    returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, i.error_count
+    returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, i.error_count,
+      j.trace_context
   ),
   finished as (
     select id, type_id, unique_key from done_asap
@@ -199,19 +200,23 @@ begin
     ))
   ),
   touched as (
-    select id, group_id, type_id, inserted_at, run_at, params, error_count from done_asap
+    select id, group_id, type_id, inserted_at, run_at, params, error_count, trace_context
+    from done_asap
     union all
-    select id, group_id, type_id, inserted_at, run_at, params, error_count from done_run_at
+    select id, group_id, type_id, inserted_at, run_at, params, error_count, trace_context
+    from done_run_at
     union all
-    select id, group_id, type_id, inserted_at, run_at, params, error_count from moved
+    select id, group_id, type_id, inserted_at, run_at, params, error_count, trace_context
+    from moved
     union all
-    select id, group_id, type_id, inserted_at, run_at, params, error_count from retried
+    select id, group_id, type_id, inserted_at, run_at, params, error_count, trace_context
+    from retried
   ),
   logged as (
     -- A run recorded twice keeps its first row, unless that row is a stale run's.
     insert into pgxjob_job_runs as r (
       job_id, run_number, group_id, type_id, inserted_at, run_at, started_at, finished_at,
-      params, error, outcome, output
+      params, error, outcome, output, trace_context
     )
     select t.id, least(t.error_count, 2147483646) + 1, t.group_id, t.type_id, t.inserted_at,
       t.run_at, i.started_at, i.finished_at, t.params, i.error,
@@ -221,7 +226,7 @@ begin
         when i.next_run_at is null then 'failed'
         else 'retried'
       end,
-      i.output
+      i.output, t.trace_context
     from touched t
     join decided i on i.job_id = t.id
     where i.log
@@ -240,17 +245,18 @@ begin
     -- happened, it just does not count.
     insert into pgxjob_job_runs (
       job_id, run_number, group_id, type_id, inserted_at, run_at, started_at, finished_at,
-      params, error, outcome, output
+      params, error, outcome, output, trace_context
     )
     select s.job_id, least(s.error_count, 2147483646) + 1, j.group_id, j.type_id, j.inserted_at,
-      j.run_at, s.started_at, s.finished_at, j.params, s.error, 'stale', s.output
+      j.run_at, s.started_at, s.finished_at, j.params, s.error, 'stale', s.output, j.trace_context
     from stale s
     join (
-      select a.id, a.group_id, a.type_id, a.inserted_at, a.inserted_at as run_at, a.params
+      select a.id, a.group_id, a.type_id, a.inserted_at, a.inserted_at as run_at, a.params,
+        a.trace_context
       from pgxjob_asap_jobs a
       where a.id = any (p_job_ids)
       union all
-      select b.id, b.group_id, b.type_id, b.inserted_at, b.run_at, b.params
+      select b.id, b.group_id, b.type_id, b.inserted_at, b.run_at, b.params, b.trace_context
       from pgxjob_run_at_jobs b
       where b.id = any (p_job_ids)
     ) j on j.id = s.job_id
@@ -389,6 +395,39 @@ begin
   end if;
 end;
 $$;
+
+--
+-- Name: pgxjob_check_trace_context(text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+--
+
+CREATE FUNCTION pgxjob_public.pgxjob_check_trace_context(p_trace_context text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pgxjob_public', 'pg_temp'
+    AS $_$
+begin
+  if p_trace_context is null then
+    return;
+  end if;
+  if octet_length(p_trace_context) <> 55
+    or p_trace_context !~ '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+    or left(p_trace_context, 2) = 'ff'
+    or substr(p_trace_context, 4, 32) = repeat('0', 32)
+    or substr(p_trace_context, 37, 16) = repeat('0', 16)
+  then
+    raise exception 'pgxjob: trace_context % is not a W3C traceparent',
+      case
+        when length(p_trace_context) > 60
+        then quote_literal(left(p_trace_context, 60)) || format('... (%s bytes)',
+                                                                octet_length(p_trace_context))
+        else quote_literal(p_trace_context)
+      end
+      using errcode = 'PJ005',
+            hint = 'Pass null, or a traceparent such as '
+                   '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01: version, trace id, '
+                   'parent id and flags in lowercase hex.';
+  end if;
+end;
+$_$;
 
 --
 -- Name: pgxjob_check_unique_key(text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
@@ -842,7 +881,7 @@ $$;
 -- Name: pgxjob_fetch_jobs(integer, integer, timestamp with time zone); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION pgxjob_public.pgxjob_fetch_jobs(p_worker_id integer, p_limit integer, p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(id bigint, group_id integer, type_id integer, type_name text, params json, inserted_at timestamp with time zone, run_at timestamp with time zone, error_count integer, last_error text, asap boolean, priority integer, cancel_requested boolean)
+CREATE FUNCTION pgxjob_public.pgxjob_fetch_jobs(p_worker_id integer, p_limit integer, p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(id bigint, group_id integer, type_id integer, type_name text, params json, inserted_at timestamp with time zone, run_at timestamp with time zone, error_count integer, last_error text, asap boolean, priority integer, cancel_requested boolean, trace_context text)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
@@ -954,7 +993,8 @@ begin
     set worker_id = p_worker_id
     where j.id = any (v_timed)
     returning j.id, j.group_id, j.type_id, j.params, j.inserted_at, j.run_at, j.error_count,
-      j.last_error, false as is_asap, j.priority, j.cancel_requested, j.next_run_at as due_at
+      j.last_error, false as is_asap, j.priority, j.cancel_requested, j.next_run_at as due_at,
+      j.trace_context
   ),
   claimed_asap as (
     update pgxjob_asap_jobs j
@@ -962,7 +1002,7 @@ begin
     where j.id = any (v_asap)
     returning j.id, j.group_id, j.type_id, j.params, j.inserted_at, j.inserted_at as run_at,
       0 as error_count, null::text as last_error, true as is_asap, j.priority,
-      j.cancel_requested, j.inserted_at as due_at
+      j.cancel_requested, j.inserted_at as due_at, j.trace_context
   ),
   claimed as (
     select * from claimed_timed
@@ -970,7 +1010,7 @@ begin
     select * from claimed_asap
   )
   select c.id, c.group_id, c.type_id, t.name, c.params, c.inserted_at, c.run_at, c.error_count,
-    c.last_error, c.is_asap, c.priority, c.cancel_requested
+    c.last_error, c.is_asap, c.priority, c.cancel_requested, c.trace_context
   from claimed c
   left join pgxjob_job_types t on t.id = c.type_id
   order by c.priority desc, c.due_at, c.id;
@@ -992,13 +1032,13 @@ begin
     delete from pgxjob_asap_jobs j
     where j.id = any (p_job_ids)
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.inserted_at as run_at, j.params,
-      0 as error_count, j.unique_key
+      0 as error_count, j.unique_key, j.trace_context
   ),
   gone_run_at as (
     delete from pgxjob_run_at_jobs j
     where j.id = any (p_job_ids)
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, j.error_count,
-      j.unique_key
+      j.unique_key, j.trace_context
   ),
   gone as (
     select * from gone_asap
@@ -1021,10 +1061,10 @@ begin
   logged as (
     insert into pgxjob_job_runs (
       job_id, run_number, group_id, type_id, inserted_at, run_at, started_at, finished_at,
-      params, error, outcome
+      params, error, outcome, trace_context
     )
     select g.id, least(g.error_count, 2147483646) + 1, g.group_id, g.type_id, g.inserted_at,
-      g.run_at, p_now, p_now, g.params, null, 'cancelled'
+      g.run_at, p_now, p_now, g.params, null, 'cancelled', g.trace_context
     from gone g
     on conflict (job_id, run_number) do nothing
   )
@@ -1292,10 +1332,10 @@ end;
 $$;
 
 --
--- Name: pgxjob_insert_job(integer, integer, text, json, timestamp with time zone, integer, text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+-- Name: pgxjob_insert_job(integer, integer, text, json, timestamp with time zone, integer, text, text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION pgxjob_public.pgxjob_insert_job(p_type_id integer, p_group_id integer, p_group_name text, p_params json, p_run_at timestamp with time zone, p_priority integer, p_unique_key text) RETURNS bigint
+CREATE FUNCTION pgxjob_public.pgxjob_insert_job(p_type_id integer, p_group_id integer, p_group_name text, p_params json, p_run_at timestamp with time zone, p_priority integer, p_unique_key text, p_trace_context text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
@@ -1325,17 +1365,22 @@ begin
   end if;
 
   if p_run_at is null or p_run_at <= now() then
-    insert into pgxjob_asap_jobs (id, group_id, type_id, params, priority, unique_key)
-    values (v_id, p_group_id, p_type_id, p_params, coalesce(p_priority, 0), p_unique_key);
+    insert into pgxjob_asap_jobs (
+      id, group_id, type_id, params, priority, unique_key, trace_context
+    )
+    values (
+      v_id, p_group_id, p_type_id, p_params, coalesce(p_priority, 0), p_unique_key,
+      p_trace_context
+    );
 
     perform pg_notify('pgxjob_job_available', p_group_name);
   else
     insert into pgxjob_run_at_jobs (
-      id, run_at, next_run_at, group_id, type_id, params, priority, unique_key
+      id, run_at, next_run_at, group_id, type_id, params, priority, unique_key, trace_context
     )
     values (
       v_id, p_run_at, p_run_at, p_group_id, p_type_id, p_params, coalesce(p_priority, 0),
-      p_unique_key
+      p_unique_key, p_trace_context
     );
 
     -- Lets idle workers of the group move their wake-up earlier (one per group per transaction).
@@ -1431,18 +1476,21 @@ begin
     'cancel_requested', j.cancel_requested,
     'worker_id', j.worker_id,
     'worker_host', w.host,
-    'worker_pid', w.pid
+    'worker_pid', w.pid,
+    'trace_context', j.trace_context
   )
   into v_job
   from (
     select a.id, true as asap, a.group_id, a.type_id, a.params, a.inserted_at,
       a.inserted_at as run_at, a.inserted_at as next_run_at, 0 as error_count,
-      null::text as last_error, a.priority, a.unique_key, a.cancel_requested, a.worker_id
+      null::text as last_error, a.priority, a.unique_key, a.cancel_requested, a.worker_id,
+      a.trace_context
     from pgxjob_asap_jobs a
     where a.id = job_id
     union all
     select r.id, false, r.group_id, r.type_id, r.params, r.inserted_at, r.run_at, r.next_run_at,
-      r.error_count, r.last_error, r.priority, r.unique_key, r.cancel_requested, r.worker_id
+      r.error_count, r.last_error, r.priority, r.unique_key, r.cancel_requested, r.worker_id,
+      r.trace_context
     from pgxjob_run_at_jobs r
     where r.id = job_id
   ) j
@@ -1461,7 +1509,8 @@ begin
     'params', r.params,
     'error', r.error,
     'outcome', r.outcome,
-    'output', r.output
+    'output', r.output,
+    'trace_context', r.trace_context
   ) order by r.run_number)
   into v_runs
   from pgxjob_job_runs r
@@ -2500,7 +2549,8 @@ CREATE FUNCTION pgxjob_public.pgxjob_retry_job_run(job_id bigint, run_number int
 declare
   v_run record;
 begin
-  select r.type_id, r.group_id, g.name as group_name, r.params, r.outcome, r.run_number
+  select r.type_id, r.group_id, g.name as group_name, r.params, r.outcome, r.run_number,
+    r.trace_context
   into v_run
   from pgxjob_job_runs r
   join pgxjob_groups g on g.id = r.group_id
@@ -2522,7 +2572,7 @@ begin
   end if;
 
   return pgxjob_insert_job(v_run.type_id, v_run.group_id, v_run.group_name, v_run.params, null,
-                           0, null);
+                           0, null, v_run.trace_context);
 end;
 $$;
 
@@ -2639,10 +2689,10 @@ end;
 $$;
 
 --
--- Name: pgxjob_schedule(text, json, text, timestamp with time zone, integer, text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+-- Name: pgxjob_schedule(text, json, text, timestamp with time zone, integer, text, text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION pgxjob_public.pgxjob_schedule(job_type text, params json DEFAULT NULL::json, group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, unique_key text DEFAULT NULL::text) RETURNS bigint
+CREATE FUNCTION pgxjob_public.pgxjob_schedule(job_type text, params json DEFAULT NULL::json, group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, unique_key text DEFAULT NULL::text, trace_context text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
@@ -2665,17 +2715,20 @@ begin
   if v_type_id is null then
     perform pgxjob_resolve_job_target(job_type, group_name);
   end if;
+  if trace_context is not null then
+    perform pgxjob_check_trace_context(trace_context);
+  end if;
 
   return pgxjob_insert_job(v_type_id, v_group_id, v_group_name, params, run_at, priority,
-                           unique_key);
+                           unique_key, trace_context);
 end;
 $$;
 
 --
--- Name: pgxjob_schedule_many(text, json[], text, timestamp with time zone, integer, text[]); Type: FUNCTION; Schema: pgxjob_public; Owner: -
+-- Name: pgxjob_schedule_many(text, json[], text, timestamp with time zone, integer, text[], text); Type: FUNCTION; Schema: pgxjob_public; Owner: -
 --
 
-CREATE FUNCTION pgxjob_public.pgxjob_schedule_many(job_type text, params json[], group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, unique_keys text[] DEFAULT NULL::text[]) RETURNS SETOF bigint
+CREATE FUNCTION pgxjob_public.pgxjob_schedule_many(job_type text, params json[], group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, unique_keys text[] DEFAULT NULL::text[], trace_context text DEFAULT NULL::text) RETURNS SETOF bigint
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
@@ -2684,6 +2737,7 @@ declare
   v_i int;
 begin
   v_target := pgxjob_resolve_job_target(job_type, group_name);
+  perform pgxjob_check_trace_context(trace_context);
 
   if params is null or cardinality(params) = 0 then
     return;
@@ -2699,15 +2753,17 @@ begin
 
     for v_i in 1 .. cardinality(params) loop
       return next pgxjob_insert_job(v_target.type_id, v_target.group_id,
-        v_target.resolved_group_name, params[v_i], run_at, priority, unique_keys[v_i]);
+        v_target.resolved_group_name, params[v_i], run_at, priority, unique_keys[v_i],
+        trace_context);
     end loop;
     return;
   end if;
 
   if run_at is null or run_at <= now() then
     return query
-    insert into pgxjob_asap_jobs (group_id, type_id, params, priority)
-    select v_target.group_id, v_target.type_id, p.params, coalesce(priority, 0)
+    insert into pgxjob_asap_jobs (group_id, type_id, params, priority, trace_context)
+    select v_target.group_id, v_target.type_id, p.params, coalesce(priority, 0),
+      pgxjob_schedule_many.trace_context
     from unnest(params) with ordinality as p(params, ord)
     order by p.ord
     returning id;
@@ -2715,8 +2771,11 @@ begin
     perform pg_notify('pgxjob_job_available', v_target.resolved_group_name);
   else
     return query
-    insert into pgxjob_run_at_jobs (run_at, next_run_at, group_id, type_id, params, priority)
-    select run_at, run_at, v_target.group_id, v_target.type_id, p.params, coalesce(priority, 0)
+    insert into pgxjob_run_at_jobs (
+      run_at, next_run_at, group_id, type_id, params, priority, trace_context
+    )
+    select run_at, run_at, v_target.group_id, v_target.type_id, p.params, coalesce(priority, 0),
+      pgxjob_schedule_many.trace_context
     from unnest(params) with ordinality as p(params, ord)
     order by p.ord
     returning id;
@@ -2999,7 +3058,7 @@ select pgxjob_public.pgxjob_describe_worker($1, $2, $3)$_$;
 -- Name: pgxjob_fetch_jobs(integer, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_fetch_jobs(p_worker_id integer, p_limit integer, p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(id bigint, group_id integer, type_id integer, type_name text, params json, inserted_at timestamp with time zone, run_at timestamp with time zone, error_count integer, last_error text, asap boolean, priority integer, cancel_requested boolean)
+CREATE FUNCTION public.pgxjob_fetch_jobs(p_worker_id integer, p_limit integer, p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(id bigint, group_id integer, type_id integer, type_name text, params json, inserted_at timestamp with time zone, run_at timestamp with time zone, error_count integer, last_error text, asap boolean, priority integer, cancel_requested boolean, trace_context text)
     LANGUAGE sql
     AS $_$-- pgxjob wrapper
 select * from pgxjob_public.pgxjob_fetch_jobs($1, $2, $3)$_$;
@@ -3239,22 +3298,22 @@ CREATE FUNCTION public.pgxjob_run_job_now(job_id bigint, p_now timestamp with ti
 select pgxjob_public.pgxjob_run_job_now($1, $2)$_$;
 
 --
--- Name: pgxjob_schedule(text, json, text, timestamp with time zone, integer, text); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_schedule(text, json, text, timestamp with time zone, integer, text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_schedule(job_type text, params json DEFAULT NULL::json, group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, unique_key text DEFAULT NULL::text) RETURNS bigint
+CREATE FUNCTION public.pgxjob_schedule(job_type text, params json DEFAULT NULL::json, group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, unique_key text DEFAULT NULL::text, trace_context text DEFAULT NULL::text) RETURNS bigint
     LANGUAGE sql
     AS $_$-- pgxjob wrapper
-select pgxjob_public.pgxjob_schedule($1, $2, $3, $4, $5, $6)$_$;
+select pgxjob_public.pgxjob_schedule($1, $2, $3, $4, $5, $6, $7)$_$;
 
 --
--- Name: pgxjob_schedule_many(text, json[], text, timestamp with time zone, integer, text[]); Type: FUNCTION; Schema: public; Owner: -
+-- Name: pgxjob_schedule_many(text, json[], text, timestamp with time zone, integer, text[], text); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.pgxjob_schedule_many(job_type text, params json[], group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, unique_keys text[] DEFAULT NULL::text[]) RETURNS SETOF bigint
+CREATE FUNCTION public.pgxjob_schedule_many(job_type text, params json[], group_name text DEFAULT NULL::text, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, unique_keys text[] DEFAULT NULL::text[], trace_context text DEFAULT NULL::text) RETURNS SETOF bigint
     LANGUAGE sql
     AS $_$-- pgxjob wrapper
-select * from pgxjob_public.pgxjob_schedule_many($1, $2, $3, $4, $5, $6)$_$;
+select * from pgxjob_public.pgxjob_schedule_many($1, $2, $3, $4, $5, $6, $7)$_$;
 
 --
 -- Name: pgxjob_schedule_periodic(text, text, text, json, text, text, integer); Type: FUNCTION; Schema: public; Owner: -
@@ -3336,7 +3395,8 @@ CREATE TABLE pgxjob_public.pgxjob_asap_jobs (
     params json,
     priority integer DEFAULT 0 NOT NULL,
     unique_key text,
-    cancel_requested boolean DEFAULT false NOT NULL
+    cancel_requested boolean DEFAULT false NOT NULL,
+    trace_context text
 )
 WITH (fillfactor='90');
 
@@ -3398,6 +3458,7 @@ CREATE TABLE pgxjob_public.pgxjob_job_runs (
     error text,
     outcome text,
     output json,
+    trace_context text,
     CONSTRAINT pgxjob_job_runs_outcome_known CHECK ((outcome = ANY (ARRAY['succeeded'::text, 'failed'::text, 'retried'::text, 'cancelled'::text, 'stale'::text]))),
     CONSTRAINT pgxjob_job_runs_run_number_positive CHECK ((run_number > 0))
 );
@@ -3477,6 +3538,7 @@ CREATE TABLE pgxjob_public.pgxjob_run_at_jobs (
     priority integer DEFAULT 0 NOT NULL,
     unique_key text,
     cancel_requested boolean DEFAULT false NOT NULL,
+    trace_context text,
     CONSTRAINT pgxjob_run_at_jobs_error_count_not_negative CHECK ((error_count >= 0))
 )
 WITH (fillfactor='90');

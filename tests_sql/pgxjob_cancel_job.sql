@@ -2,7 +2,7 @@
 -- says which it did.
 begin;
 \ir helpers.psql
-select plan(17);
+select plan(19);
 
 select t_setup();
 select t_worker('g1') as w \gset
@@ -56,6 +56,18 @@ select is(t_job_table(:orphan), null,
 
 select is(pgxjob_cancel_job(:running), 'not_found', 'a finished job is not found');
 select is(pgxjob_cancel_job(-1), 'not_found', 'an unknown job is not found');
+
+-- The cancelled run keeps the job's trace context, from either table.
+\set tp '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
+select pgxjob_schedule('t1', trace_context => :'tp') as traced \gset
+select pgxjob_cancel_job(:traced);
+select is((select trace_context from pgxjob_job_runs where job_id = :traced), :'tp',
+  'a cancelled ASAP job''s run keeps its trace context');
+select pgxjob_schedule('t1', run_at => now() + interval '1 hour', trace_context => :'tp')
+  as traced_timed \gset
+select pgxjob_cancel_job(:traced_timed);
+select is((select trace_context from pgxjob_job_runs where job_id = :traced_timed), :'tp',
+  'a cancelled timed job''s run keeps it');
 
 select * from finish();
 rollback;

@@ -1,7 +1,7 @@
 -- pgxjob_fetch_jobs(worker_id, limit, now): claims a batch of the worker's group for the worker.
 begin;
 \ir helpers.psql
-select plan(31);
+select plan(33);
 
 select t_setup();
 select t_worker('g1') as w1 \gset
@@ -159,6 +159,22 @@ select is((select count(*)::int from pgxjob_asap_jobs where worker_id is null), 
   'every ASAP job was claimed once');
 select is((select count(*)::int from pgxjob_run_at_jobs where worker_id is null), 0,
   'every timed job was claimed once');
+
+-- Trace context: each job comes back with the traceparent it was scheduled with.
+\set tp '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
+select pgxjob_schedule('t1', trace_context => :'tp') as traced \gset
+select pgxjob_schedule('t1') as untraced \gset
+select results_eq(
+  format('select id, trace_context from pgxjob_fetch_jobs(%s, 10) order by id', :w1),
+  format('values (%s::bigint, %L::text), (%s, null)', :traced, :'tp', :untraced),
+  'fetch returns each job''s trace context, null for a job scheduled without one'
+);
+select pgxjob_schedule('t1', run_at => now() + interval '1 hour', trace_context => :'tp')
+  as traced_timed \gset
+select is(
+  (select trace_context from pgxjob_fetch_jobs(:w1, 10, now() + interval '1 hour')),
+  :'tp', 'a timed job comes back with its trace context too'
+);
 
 select * from finish();
 rollback;

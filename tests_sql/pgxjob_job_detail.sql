@@ -1,7 +1,7 @@
 -- pgxjob_job_detail(job_id, now): one job and every run of it, as JSON.
 begin;
 \ir helpers.psql
-select plan(9);
+select plan(11);
 
 select t_setup();
 select pgxjob_describe_worker(t_worker('g1'), 'box', 7) as w \gset
@@ -51,6 +51,16 @@ select results_eq(
   'every run, oldest first, with its outcome and error'
 );
 select ok(pgxjob_job_detail(null) is null, 'a null id is null');
+
+-- The trace context of the job and of each run, for the operator to find the trace.
+\set tp '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
+select pgxjob_schedule('t1', trace_context => :'tp') as traced \gset
+select is(pgxjob_job_detail(:traced)->'job'->>'trace_context', :'tp',
+  'a waiting job shows its trace context');
+select t_claim(:traced, :w);
+select t_record(:traced);
+select is(pgxjob_job_detail(:traced)->'runs'->0->>'trace_context', :'tp',
+  'a finished job''s runs show it');
 
 select * from finish();
 rollback;

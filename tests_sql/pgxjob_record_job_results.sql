@@ -1,7 +1,7 @@
 -- pgxjob_record_job_results(...): every outcome of a run, recorded in one call per batch.
 begin;
 \ir helpers.psql
-select plan(57);
+select plan(63);
 
 select t_setup();
 select t_worker('g1') as w \gset
@@ -282,6 +282,39 @@ select t_claim(:maxed, :w);
 select is(t_record(:maxed, 2147483647, 'again', now() + interval '1 hour'), 1,
   'a retry of a job at the largest error_count is recorded');
 select is(t_job_table(:maxed), null, 'as a final failure');
+
+-- Trace context: kept through retries, and with every logged run.
+\set tp '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
+select pgxjob_schedule('t1', trace_context => :'tp') as traced \gset
+select t_claim(:traced, :w);
+select t_record(:traced, 0, 'first', now() + interval '1 minute');
+select is((select trace_context from pgxjob_run_at_jobs where id = :traced), :'tp',
+  'a retried ASAP job takes its trace context to the timed table');
+select t_claim(:traced, :w);
+select t_record(:traced, 1, 'second', now() + interval '2 minutes');
+select is((select trace_context from pgxjob_run_at_jobs where id = :traced), :'tp',
+  'a retried timed job keeps it');
+select t_claim(:traced, :w);
+select t_record(:traced, 2);
+select results_eq(
+  format('select run_number, outcome, trace_context from pgxjob_job_runs where job_id = %s
+          order by run_number', :traced),
+  format($$values (1, 'retried'::text, %1$L::text), (2, 'retried', %1$L), (3, 'succeeded', %1$L)$$,
+         :'tp'),
+  'every run of the job is logged with its trace context'
+);
+select pgxjob_schedule('t1') as untraced \gset
+select t_claim(:untraced, :w);
+select t_record(:untraced, 0, 'boom');
+select is((select trace_context from pgxjob_job_runs where job_id = :untraced), null,
+  'a run of a job without a trace context logs none');
+select pgxjob_schedule('t1', trace_context => :'tp') as stale_traced \gset
+select t_claim(:stale_traced, :w);
+select is(t_record(:stale_traced, 0, p_worker_id => -5), 0, 'a result of another worker is stale');
+select is(
+  (select trace_context from pgxjob_job_runs where job_id = :stale_traced and outcome = 'stale'),
+  :'tp', 'a stale run is logged with the job''s trace context'
+);
 
 select * from finish();
 rollback;

@@ -1,7 +1,7 @@
 -- pgxjob_retry_job_run(job_id, run_number): a new job from a failed run.
 begin;
 \ir helpers.psql
-select plan(9);
+select plan(11);
 
 select t_setup();
 select t_worker('g1') as w \gset
@@ -46,6 +46,17 @@ select t_claim(:keyed, :w);
 select t_record(:keyed, 0, 'x');
 select pgxjob_schedule('t1', unique_key => 'u');
 select isnt(pgxjob_retry_job_run(:keyed), null::bigint, 'the retry carries no unique key');
+
+-- The new job continues the failed run's trace.
+\set tp '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
+select pgxjob_schedule('t1', trace_context => :'tp') as traced \gset
+select t_claim(:traced, :w);
+select t_record(:traced, 0, 'x');
+select pgxjob_retry_job_run(:traced) as traced_again \gset
+select is((select trace_context from pgxjob_asap_jobs where id = :traced_again), :'tp',
+  'a retried run''s new job has its trace context');
+select is((select trace_context from pgxjob_asap_jobs where id = :again), null,
+  'one of a run without a trace context has none');
 
 select * from finish();
 rollback;

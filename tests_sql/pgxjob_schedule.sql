@@ -2,7 +2,7 @@
 -- NOTIFY delivery needs a commit, so tests/test_notify.py covers it.
 begin;
 \ir helpers.psql
-select plan(33);
+select plan(39);
 
 select t_setup();
 
@@ -148,6 +148,27 @@ select matches(
   $$pgxjob_register_group\('nope'\)$$,
   'the PJ002 hint says how to register the group'
 );
+
+-- Trace context: the traceparent of the context that scheduled the job, kept with it.
+\set tp '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
+select pgxjob_schedule('t1', trace_context => :'tp') as traced_id \gset
+select is((select trace_context from pgxjob_asap_jobs where id = :traced_id), :'tp',
+  'an ASAP job keeps its trace context');
+select pgxjob_schedule('t1', null, null, now() + interval '1 hour', 0, null, :'tp') as traced_timed \gset
+select is((select trace_context from pgxjob_run_at_jobs where id = :traced_timed), :'tp',
+  'a timed job keeps its trace context (positional seventh argument)');
+select is((select trace_context from pgxjob_asap_jobs where id = :asap_id), null,
+  'a job scheduled without one has none');
+select throws_ok(
+  $$select pgxjob_schedule('t1', trace_context => 'not-a-traceparent')$$, 'PJ005',
+  'pgxjob: trace_context ''not-a-traceparent'' is not a W3C traceparent',
+  'a malformed trace context raises PJ005 naming it');
+select throws_ok(
+  format('select pgxjob_schedule(%L, trace_context => %L)', 'nope', :'tp'), 'PJ001', null,
+  'an unknown type is reported before the trace context is looked at');
+select is(
+  (select count(*)::int from pgxjob_asap_jobs where trace_context is not null), 1,
+  'the refused calls wrote nothing');
 
 select * from finish();
 rollback;

@@ -1,7 +1,7 @@
 -- pgxjob_schedule_many(job_type, params[], group_name, run_at): bulk enqueue in one statement.
 begin;
 \ir helpers.psql
-select plan(17);
+select plan(20);
 
 select t_setup();
 
@@ -82,6 +82,26 @@ select is((select id from t_keyed where n = 4), (select id from t_keyed where n 
   'a key repeated within the call makes one job');
 select throws_ok($$select pgxjob_schedule_many('t1', array['{}']::json[], unique_keys => array['a', 'b'])$$,
   'PJ005', null, 'unique_keys of another length than params raises PJ005');
+
+-- Trace context: one for every job of the call, on every path.
+\set tp '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01'
+create temp table t_traced as
+select id from pgxjob_schedule_many('t1', array['{}', '{}']::json[], trace_context => :'tp') as id
+union all
+select id from pgxjob_schedule_many('t1', array['{}']::json[], run_at => now() + interval '1 hour',
+                                    trace_context => :'tp') as id
+union all
+select id from pgxjob_schedule_many('t1', array['{}']::json[], unique_keys => array['traced'],
+                                    trace_context => :'tp') as id;
+select is(
+  (select array_agg(j.trace_context) from pgxjob_asap_jobs j join t_traced using (id)),
+  array[:'tp', :'tp', :'tp'], 'ASAP jobs of one call share its trace context, keyed ones too');
+select is(
+  (select array_agg(j.trace_context) from pgxjob_run_at_jobs j join t_traced using (id)),
+  array[:'tp'], 'timed jobs keep it');
+select throws_ok(
+  $$select pgxjob_schedule_many('t1', array['{}']::json[], trace_context => '00-x')$$, 'PJ005',
+  null, 'a malformed trace context raises PJ005 and schedules nothing');
 
 select * from finish();
 rollback;

@@ -1,6 +1,7 @@
 """Runs the pgTAP suite with pg_prove against a freshly migrated scratch database.
 
 Fails when any test fails, when pg_prove finds no test, or when pgTAP cannot be loaded.
+With file arguments (``run_pgtap.py tests_sql/pgxjob_schedule.sql ...``) it runs only those.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def _load_pgtap(conninfo: str) -> str | None:
     return None
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     if shutil.which("pg_prove") is None:
         problem = (
             "pg_prove is not installed; install libtap-parser-sourcehandler-pgtap-perl and "
@@ -91,7 +92,7 @@ def main() -> int:
             return 0
         print(f"run_pgtap: {problem}", file=sys.stderr)
         return 1
-    files = sorted(HERE.glob("*.sql"))
+    files = [Path(arg).resolve() for arg in argv] or sorted(HERE.glob("*.sql"))
     if not files:
         print("run_pgtap: no *.sql test files in tests_sql/", file=sys.stderr)
         return 1
@@ -109,7 +110,7 @@ def main() -> int:
         # pg_prove's -d takes only a bare database name (a conninfo string turns into a Perl
         # "HASH(...)"), so the connection goes to psql through the libpq environment.
         proc = subprocess.run(
-            ["pg_prove", "--ext", ".sql", "-r", str(HERE)],
+            ["pg_prove", "--ext", ".sql", *([str(f) for f in files] if argv else ["-r", str(HERE)])],
             capture_output=True,
             text=True,
             env=_libpq_env(conninfo),
@@ -126,4 +127,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -2,7 +2,7 @@
 -- users, triggers and the Python package rely on.
 begin;
 \ir helpers.psql
-select plan(52);
+select plan(53);
 
 -- Tables
 select results_eq(
@@ -28,10 +28,11 @@ select columns_are('pgxjob_workers',
         'host', 'pid']);
 select columns_are('pgxjob_asap_jobs',
   array['id', 'inserted_at', 'group_id', 'type_id', 'worker_id', 'params', 'priority',
-        'unique_key', 'cancel_requested']);
+        'unique_key', 'cancel_requested', 'trace_context']);
 select columns_are('pgxjob_run_at_jobs',
   array['id', 'inserted_at', 'run_at', 'next_run_at', 'group_id', 'type_id', 'worker_id',
-        'error_count', 'last_error', 'params', 'priority', 'unique_key', 'cancel_requested']);
+        'error_count', 'last_error', 'params', 'priority', 'unique_key', 'cancel_requested',
+        'trace_context']);
 select columns_are('pgxjob_unique_keys', array['type_id', 'unique_key', 'job_id']);
 select columns_are('pgxjob_periodic_jobs',
   array['id', 'name', 'cron', 'time_zone', 'type_id', 'group_id', 'params', 'priority',
@@ -40,7 +41,7 @@ select col_is_pk('pgxjob_unique_keys', array['type_id', 'unique_key'],
   'a unique key is held once per job type');
 select columns_are('pgxjob_job_runs',
   array['job_id', 'run_number', 'group_id', 'type_id', 'inserted_at', 'run_at', 'started_at',
-        'finished_at', 'params', 'error', 'outcome', 'output']);
+        'finished_at', 'params', 'error', 'outcome', 'output', 'trace_context']);
 
 select col_type_is('pgxjob_asap_jobs', 'id', 'bigint', 'job ids are bigint');
 select col_type_is('pgxjob_asap_jobs', 'params', 'json', 'ASAP params are json, not jsonb');
@@ -116,8 +117,8 @@ select is_empty(
       'pgxjob_register_group(text)',
       'pgxjob_register_job_type(text,text)',
       'pgxjob_register_worker(text,interval,timestamp with time zone)',
-      'pgxjob_schedule(text,json,text,timestamp with time zone,integer,text)',
-      'pgxjob_schedule_many(text,json[],text,timestamp with time zone,integer,text[])',
+      'pgxjob_schedule(text,json,text,timestamp with time zone,integer,text,text)',
+      'pgxjob_schedule_many(text,json[],text,timestamp with time zone,integer,text[],text)',
       'pgxjob_unregister_worker(integer)',
       'pgxjob_worker_heartbeat(integer,timestamp with time zone)'
     ])
@@ -155,20 +156,31 @@ select is_empty(
   'implementation, schema-qualified'
 );
 
-select function_returns('pgxjob_schedule', array['text', 'json', 'text', 'timestamp with time zone', 'integer', 'text'], 'bigint');
+select function_returns('pgxjob_schedule', array['text', 'json', 'text', 'timestamp with time zone', 'integer', 'text', 'text'], 'bigint');
 select is(
-  pg_get_function_arguments('pgxjob_schedule(text, json, text, timestamptz, int, text)'::regprocedure),
+  pg_get_function_arguments('pgxjob_schedule(text, json, text, timestamptz, int, text, text)'::regprocedure),
   'job_type text, params json DEFAULT NULL::json, group_name text DEFAULT NULL::text, '
     'run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, '
-    'priority integer DEFAULT 0, unique_key text DEFAULT NULL::text',
-  'pgxjob_schedule takes (job_type, params, group_name, run_at, priority, unique_key), all but '
-  'job_type optional'
+    'priority integer DEFAULT 0, unique_key text DEFAULT NULL::text, '
+    'trace_context text DEFAULT NULL::text',
+  'pgxjob_schedule takes (job_type, params, group_name, run_at, priority, unique_key, '
+  'trace_context), all but job_type optional'
+);
+select is(
+  pg_get_function_arguments(
+    'pgxjob_schedule_many(text, json[], text, timestamptz, int, text[], text)'::regprocedure),
+  'job_type text, params json[], group_name text DEFAULT NULL::text, '
+    'run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, '
+    'priority integer DEFAULT 0, unique_keys text[] DEFAULT NULL::text[], '
+    'trace_context text DEFAULT NULL::text',
+  'pgxjob_schedule_many takes (job_type, params, group_name, run_at, priority, unique_keys, '
+  'trace_context)'
 );
 select volatility_is('pgxjob_linear_backoff',
   array['integer', 'integer', 'interval', 'timestamp with time zone'], 'stable',
   'pgxjob_linear_backoff is stable, not immutable: timestamptz + interval reads TimeZone');
-select volatility_is('pgxjob_schedule', array['text', 'json', 'text', 'timestamp with time zone', 'integer', 'text'], 'volatile');
-select isnt_strict('pgxjob_schedule', array['text', 'json', 'text', 'timestamp with time zone', 'integer', 'text'],
+select volatility_is('pgxjob_schedule', array['text', 'json', 'text', 'timestamp with time zone', 'integer', 'text', 'text'], 'volatile');
+select isnt_strict('pgxjob_schedule', array['text', 'json', 'text', 'timestamp with time zone', 'integer', 'text', 'text'],
   'pgxjob_schedule is called on null input, so a null job type raises instead of returning null');
 select function_returns('pgxjob_prune_job_runs', array['interval'], 'bigint');
 select is(
@@ -194,7 +206,7 @@ select is(
   'TABLE(id bigint, group_id integer, type_id integer, type_name text, params json, '
     'inserted_at timestamp with time zone, run_at timestamp with time zone, '
     'error_count integer, last_error text, asap boolean, priority integer, '
-    'cancel_requested boolean)',
+    'cancel_requested boolean, trace_context text)',
   'pgxjob_fetch_jobs returns the job fields the worker needs'
 );
 select is_empty(

@@ -86,7 +86,7 @@ select is_empty(
       and p.proname not in ('pgxjob_grant_privileges',
                             'pgxjob_grant_application', 'pgxjob_grant_worker',
                             'pgxjob_check_name', 'pgxjob_check_now', 'pgxjob_backoff_time',
-                            'pgxjob_check_unique_key',
+                            'pgxjob_check_unique_key', 'pgxjob_check_trace_context',
                             'pgxjob_api_schema', 'pgxjob_refuse_delete_in_use',
                             'pgxjob_publish_functions')
       and not p.prosecdef$$,
@@ -114,9 +114,10 @@ select results_eq(
     ('usage on schema pgxjob_public'),
     ('execute on function pgxjob_cancel_job(job_id bigint, p_now timestamp with time zone)'),
     ('execute on function pgxjob_schedule(job_type text, params json, group_name text, '
-     'run_at timestamp with time zone, priority integer, unique_key text)'),
+     'run_at timestamp with time zone, priority integer, unique_key text, trace_context text)'),
     ('execute on function pgxjob_schedule_many(job_type text, params json[], group_name text, '
-     'run_at timestamp with time zone, priority integer, unique_keys text[])')$$,
+     'run_at timestamp with time zone, priority integer, unique_keys text[], '
+     'trace_context text)')$$,
   'pgxjob_grant_application grants schema usage, the two schedule functions and cancel'
 );
 select results_eq(
@@ -190,7 +191,8 @@ select lives_ok(
   'a role name with quotes and a semicolon is granted to, as a name'
 );
 select ok(
-  has_function_privilege(:'odd_role', 'pgxjob_schedule(text, json, text, timestamptz, int, text)', 'execute')
+  has_function_privilege(:'odd_role', 'pgxjob_schedule(text, json, text, timestamptz, int, text, text)',
+                         'execute')
     and to_regclass('pgxjob_groups') is not null,
   'the odd role got its grant and the name ran no SQL'
 );
