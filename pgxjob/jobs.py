@@ -150,6 +150,8 @@ class Job:
     that stops for a cancellation may raise :class:`JobCancelled`. Either way a cancelled job is
     finished as cancelled, never retried. Both are :class:`Signal` s, which async handlers can
     await (``await job.cancel_requested.wait_async()``, ``.as_asyncio()``).
+    ``trace_context`` is the W3C traceparent of the context that scheduled the job (see
+    :mod:`pgxjob.tracing`), or None.
     """
 
     id: int
@@ -166,6 +168,7 @@ class Job:
     )
     priority: int = 0
     cancel_requested: Signal = dataclasses.field(default_factory=Signal, compare=False, repr=False)
+    trace_context: str | None = None
 
 
 class JobCancelled(Exception):

@@ -46,6 +46,7 @@ class FetchedJob(NamedTuple):
     asap: bool
     priority: int
     cancel_requested: bool
+    trace_context: str | None
 
 
 class JobResult(NamedTuple):
@@ -193,6 +194,11 @@ def register_job_type(conn: psycopg.Connection[Any], name: str, default_group_na
 SCHEDULE_SQL = (
     "select {}pgxjob_schedule(%s::text, %s::json, %s::text, %s::timestamptz, %s::int, %s::text)"
 )
+# With a trace context: the untraced call keeps the six arguments every schema since 0005 takes.
+SCHEDULE_TRACED_SQL = (
+    "select {}pgxjob_schedule(%s::text, %s::json, %s::text, %s::timestamptz, %s::int, %s::text,"
+    " %s::text)"
+)
 
 
 def schedule_call(
@@ -202,11 +208,18 @@ def schedule_call(
     run_at: dt.datetime | None,
     priority: int = 0,
     unique_key: str | None = None,
+    trace_context: str | None = None,
 ) -> Call[int]:
     """pgxjob_schedule: the new job's id (or the id of the job holding unique_key)."""
+    if trace_context is None:
+        return Call(
+            SCHEDULE_SQL,
+            (job_type, params_json, group_name, run_at, priority, unique_key),
+            _first_int,
+        )
     return Call(
-        SCHEDULE_SQL,
-        (job_type, params_json, group_name, run_at, priority, unique_key),
+        SCHEDULE_TRACED_SQL,
+        (job_type, params_json, group_name, run_at, priority, unique_key, trace_context),
         _first_int,
     )
 
@@ -230,13 +243,21 @@ def schedule_many_call(
     run_at: dt.datetime | None,
     priority: int = 0,
     unique_keys: Sequence[str | None] | None = None,
+    trace_context: str | None = None,
 ) -> Call[list[int]]:
     """pgxjob_schedule_many: one id per params element, in order."""
     keys = None if unique_keys is None else list(unique_keys)
+    if trace_context is None:
+        return Call(
+            "select {}pgxjob_schedule_many(%s::text, %b::json[], %s::text, %s::timestamptz,"
+            " %s::int, %s::text[])",
+            (job_type, list(params_json), group_name, run_at, priority, keys),
+            _ints,
+        )
     return Call(
         "select {}pgxjob_schedule_many(%s::text, %b::json[], %s::text, %s::timestamptz,"
-        " %s::int, %s::text[])",
-        (job_type, list(params_json), group_name, run_at, priority, keys),
+        " %s::int, %s::text[], %s::text)",
+        (job_type, list(params_json), group_name, run_at, priority, keys, trace_context),
         _ints,
     )
 
@@ -357,7 +378,7 @@ def fetch_jobs(conn: psycopg.Connection[Any], worker_id: int, limit: int) -> lis
             _sql(
                 conn,
                 "select id, group_id, type_id, type_name, params::text, inserted_at, run_at,"
-                " error_count, last_error, asap, priority, cancel_requested"
+                " error_count, last_error, asap, priority, cancel_requested, trace_context"
                 " from {}pgxjob_fetch_jobs(%s::int, %s::int)",
             ),
             (worker_id, limit),

@@ -15,13 +15,13 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from pgxjob import connections, context, migrations, queries
+from pgxjob import connections, context, migrations, queries, tracing
 from pgxjob.aconnections import LoopConnections
 from pgxjob.context import ctx
 from pgxjob.durations import Seconds, seconds
@@ -31,6 +31,11 @@ from pgxjob.listener import Listener
 from pgxjob.periodic import PeriodicJob
 from pgxjob.supervise import ErrorReporter, safe_reporter
 from pgxjob.worker import ShouldLogJobRun, Worker
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+    from pgxjob._otel import ScheduleSpan, Tracing
 
 __all__ = [
     "AcquireConn",
@@ -159,12 +164,15 @@ def _schedule_call(
     run_at: dt.datetime | None,
     priority: int,
     unique_key: str | None,
+    trace_context: str | None,
 ) -> queries.Call[int]:
     params_json = encode_params(params)
     _check_run_at(run_at)
     _check_priority(priority)
     _check_unique_key(unique_key)
-    return queries.schedule_call(job_type, params_json, group_name, run_at, priority, unique_key)
+    return queries.schedule_call(
+        job_type, params_json, group_name, run_at, priority, unique_key, trace_context
+    )
 
 
 def _schedule_many_call(
@@ -174,6 +182,7 @@ def _schedule_many_call(
     run_at: dt.datetime | None,
     priority: int,
     unique_keys: Sequence[str | None] | None,
+    trace_context: str | None,
 ) -> queries.Call[list[int]]:
     if isinstance(params_list, str | bytes | dict):
         raise TypeError(
@@ -192,7 +201,9 @@ def _schedule_many_call(
             )
         for key in unique_keys:
             _check_unique_key(key)
-    return queries.schedule_many_call(job_type, encoded, group_name, run_at, priority, unique_keys)
+    return queries.schedule_many_call(
+        job_type, encoded, group_name, run_at, priority, unique_keys, trace_context
+    )
 
 
 def _cancel_call(job_id: int) -> queries.Call[str]:
@@ -239,6 +250,11 @@ class Scheduler:
     server session outlasting its transaction; an integer prepares each statement after that
     many uses on a connection, which only a session-mode pooler, a direct connection, or
     PgBouncer 1.21+ with ``max_prepared_statements`` carries.
+
+    With OpenTelemetry installed (the ``otel`` extra), every schedule call records a span and
+    stores its trace context with the jobs, and the span of each run is its child (see
+    :mod:`pgxjob.tracing`). ``tracer_provider`` is the provider to use; None (the default) uses
+    OpenTelemetry's global one, from whenever the application sets it.
     """
 
     def __init__(
@@ -254,7 +270,9 @@ class Scheduler:
         periodic_jobs: Iterable[PeriodicJob] = (),
         listen_conninfo: str | None = None,
         prepare_threshold: int | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
+        self._tracing: Tracing | None = tracing.tracing_for(tracer_provider)
         if not isinstance(schema, str) or not schema:
             raise ValueError(f"schema must be a non-empty string, got {schema!r}")
         if prepare_threshold is not None and (
@@ -683,8 +701,13 @@ class Scheduler:
         While a job of this type holds ``unique_key`` (waiting, retrying or running), the
         existing job's id is returned and nothing is scheduled.
         """
-        call = _schedule_call(job_type, params, group_name, run_at, priority, unique_key)
-        return self._execute(conn, call)
+        with self._schedule_span(job_type, group_name) as span:
+            call = _schedule_call(
+                job_type, params, group_name, run_at, priority, unique_key, span.trace_context
+            )
+            job_id = self._execute(conn, call)
+            span.scheduled([job_id])
+            return job_id
 
     async def schedule_async(
         self,
@@ -705,8 +728,13 @@ class Scheduler:
         scheduler's async pool, which is created on the running event loop at its first use
         and closed when that loop's ``asyncio.run`` ends (or by :meth:`close`).
         """
-        call = _schedule_call(job_type, params, group_name, run_at, priority, unique_key)
-        return await self._execute_async(conn, call)
+        with self._schedule_span(job_type, group_name) as span:
+            call = _schedule_call(
+                job_type, params, group_name, run_at, priority, unique_key, span.trace_context
+            )
+            job_id = await self._execute_async(conn, call)
+            span.scheduled([job_id])
+            return job_id
 
     def schedule_now(
         self,
@@ -765,8 +793,13 @@ class Scheduler:
         ``conn`` as in :meth:`schedule`. ``unique_keys``, when given, holds one key (or None)
         per job: a job whose key is held returns the holder's id in its place.
         """
-        call = _schedule_many_call(job_type, params_list, group_name, run_at, priority, unique_keys)
-        return self._execute(conn, call)
+        with self._schedule_span(job_type, group_name) as span:
+            call = _schedule_many_call(
+                job_type, params_list, group_name, run_at, priority, unique_keys, span.trace_context
+            )
+            job_ids = self._execute(conn, call)
+            span.scheduled(job_ids)
+            return job_ids
 
     async def schedule_many_async(
         self,
@@ -780,8 +813,25 @@ class Scheduler:
         unique_keys: Sequence[str | None] | None = None,
     ) -> list[int]:
         """:meth:`schedule_many` for asyncio code (``conn`` as in :meth:`schedule_async`)."""
-        call = _schedule_many_call(job_type, params_list, group_name, run_at, priority, unique_keys)
-        return await self._execute_async(conn, call)
+        with self._schedule_span(job_type, group_name) as span:
+            call = _schedule_many_call(
+                job_type, params_list, group_name, run_at, priority, unique_keys, span.trace_context
+            )
+            job_ids = await self._execute_async(conn, call)
+            span.scheduled(job_ids)
+            return job_ids
+
+    def _schedule_span(
+        self, job_type: str, group_name: str | None
+    ) -> ScheduleSpan | tracing.NoSpan:
+        # The group a job goes to, where this process knows it: given, or the declared type's.
+        traced = self._tracing
+        if traced is None:
+            return tracing.NO_SPAN
+        if group_name is None:
+            config = self._type_configs.get(job_type)
+            group_name = None if config is None else config.default_group_name
+        return traced.schedule_span(job_type, group_name)
 
     def _execute(self, conn: Any, call: queries.Call[T], *, wait_ready: bool = True) -> T:
         if wait_ready:

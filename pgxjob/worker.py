@@ -38,6 +38,7 @@ from pgxjob.results import ResultBuffer
 from pgxjob.supervise import supervise
 
 if TYPE_CHECKING:
+    from pgxjob._otel import RunSpan
     from pgxjob.scheduler import Scheduler
 
 __all__ = ["NoHandlerError", "ShouldLogJobRun", "Worker"]
@@ -87,6 +88,8 @@ class Worker:
         self._scheduler = scheduler
         self._connection = scheduler.connection
         self._report = scheduler._report_error
+        # None without OpenTelemetry: a run then costs this attribute's read and nothing else.
+        self._tracing = scheduler._tracing
         self.group_name = group_name
         self._max_prefetched_jobs = max_prefetched_jobs
         self._poll_interval = seconds(poll_interval, "poll_interval", allow_zero=False)
@@ -391,6 +394,7 @@ class Worker:
             shutdown_requested=self.shutdown_requested,
             priority=row.priority,
             cancel_requested=cancel_requested,
+            trace_context=row.trace_context,
         )
 
     # -- running --------------------------------------------------------------------------------
@@ -417,18 +421,24 @@ class Worker:
         started_at = dt.datetime.now(dt.UTC)
         if self._skip_cancelled(job, worker_id, started_at):
             return False
+        tracing = self._tracing
+        span = None if tracing is None else tracing.run_span(job)
         try:
-            run_job: Callable[[Job], object] = job.type.run_job
-            returned = run_job(job)
-            if inspect.isawaitable(returned):
-                # A sync callable that returned an awaitable (it wraps an async handler): the
-                # loop awaits it while this runner thread waits.
-                returned = self._loop().run(job, returned)
-            output = _output_json(job, returned)
-        except BaseException as exc:  # a handler's error of any kind is the job's result
-            return self._ended_by(job, worker_id, started_at, exc)
-        self._finish(job, worker_id, started_at, None, output)
-        return False
+            try:
+                run_job: Callable[[Job], object] = job.type.run_job
+                returned = run_job(job)
+                if inspect.isawaitable(returned):
+                    # A sync callable that returned an awaitable (it wraps an async handler):
+                    # the loop awaits it while this runner thread waits.
+                    returned = self._loop().run(job, returned)
+                output = _output_json(job, returned)
+            except BaseException as exc:  # a handler's error of any kind is the job's result
+                return self._ended_by(job, worker_id, started_at, exc, span)
+            self._finish(job, worker_id, started_at, None, output, span)
+            return False
+        finally:
+            if span is not None:
+                span.end(None, None)  # ended already unless recording the result failed
 
     async def _run_async(self, job: Job, worker_id: int) -> None:
         """:meth:`_run` for an async handler, as a task on the worker's event loop.
@@ -445,14 +455,20 @@ class Worker:
             if self._skip_cancelled(job, worker_id, started_at):
                 return
             assert self._event_loop is not None
-            with self._event_loop.running(job):
-                try:
-                    returned = await job.type.run_job(job)
-                    output = _output_json(job, returned)
-                except BaseException as exc:  # CancelledError and SystemExit included
-                    interrupted = self._ended_by(job, worker_id, started_at, exc)
-                else:
-                    self._finish(job, worker_id, started_at, None, output)
+            tracing = self._tracing
+            span = None if tracing is None else tracing.run_span(job)
+            try:
+                with self._event_loop.running(job):
+                    try:
+                        returned = await job.type.run_job(job)
+                        output = _output_json(job, returned)
+                    except BaseException as exc:  # CancelledError and SystemExit included
+                        interrupted = self._ended_by(job, worker_id, started_at, exc, span)
+                    else:
+                        self._finish(job, worker_id, started_at, None, output, span)
+            finally:
+                if span is not None:
+                    span.end(None, None)
         finally:
             if self._queue.finished(job):
                 self._results.flush_soon()
@@ -470,7 +486,12 @@ class Worker:
         return True
 
     def _ended_by(
-        self, job: Job, worker_id: int, started_at: dt.datetime, exc: BaseException
+        self,
+        job: Job,
+        worker_id: int,
+        started_at: dt.datetime,
+        exc: BaseException,
+        span: RunSpan | None = None,
     ) -> bool:
         """A handler raised exc: record it, or release the job. True when the worker must stop."""
         if isinstance(exc, asyncio.CancelledError | concurrent.futures.CancelledError) and (
@@ -484,6 +505,8 @@ class Worker:
                 job.id,
                 job.type.name,
             )
+            if span is not None:
+                span.end(None, exc)
             self._queue.forget([job.id])
             return False
         if isinstance(exc, SystemExit | KeyboardInterrupt):
@@ -497,9 +520,11 @@ class Worker:
                 job.type.name,
                 self._name,
             )
+            if span is not None:
+                span.end(None, exc)
             self._queue.forget([job.id])
             return True
-        self._finish(job, worker_id, started_at, exc, None)
+        self._finish(job, worker_id, started_at, exc, None, span)
         return False
 
     def _finish(
@@ -509,6 +534,7 @@ class Worker:
         started_at: dt.datetime,
         err: BaseException | None,
         output: str | None,
+        span: RunSpan | None = None,
     ) -> None:
         finished_at = dt.datetime.now(dt.UTC)
         cancelled = (
@@ -521,13 +547,20 @@ class Worker:
             err = None
         elif err is not None:
             self._log_failure(job, err)
+        recorder = metrics.recorder
+        outcome = None
+        if span is not None or recorder is not None:
+            outcome = _outcome(job, err, cancelled)
+        if span is not None:
+            # Before the result is buffered: once it is recorded, the run's span has ended.
+            span.end(outcome, err)
         self._results.add(
             worker_id,
             self._result(job, started_at, finished_at, err, output=output, cancelled=cancelled),
         )
-        recorder = metrics.recorder
         if recorder is not None:
-            _report_run(recorder, job, started_at, finished_at, err, cancelled)
+            assert outcome is not None
+            _report_run(recorder, job, outcome, started_at, finished_at)
 
     async def _dispatch(self) -> None:
         """The loop's side of the queue: start a task per async job while the limit allows."""
@@ -795,20 +828,22 @@ class Worker:
         self.shutdown()
 
 
+def _outcome(job: Job, err: BaseException | None, cancelled: bool) -> str:
+    """How a run ended, as this worker sees it: succeeded, failed, retried or cancelled."""
+    if cancelled:
+        return "cancelled"
+    if err is None:
+        return "succeeded"
+    return "failed" if is_final_run(job, err) else "retried"
+
+
 def _report_run(
     recorder: metrics.Recorder,
     job: Job,
+    outcome: str,
     started_at: dt.datetime,
     finished_at: dt.datetime,
-    err: BaseException | None,
-    cancelled: bool,
 ) -> None:
-    if cancelled:
-        outcome = "cancelled"
-    elif err is None:
-        outcome = "succeeded"
-    else:
-        outcome = "failed" if is_final_run(job, err) else "retried"
     # A first attempt was due at run_at (an ASAP job's insertion); a retry's due time is not
     # fetched, so it has no start delay.
     delay = None if job.error_count else max((started_at - job.run_at).total_seconds(), 0.0)

@@ -158,6 +158,24 @@ def test_every_page_renders_and_escapes_what_jobs_control(url: str) -> None:
     assert job_type in c.get("/").text
 
 
+def test_the_job_page_shows_the_trace_id_of_a_traced_job_and_of_its_runs(url: str) -> None:
+    job_type = unique("dash_traced")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    execute(url, "select pgxjob_register_job_type(%s, 'default')", (job_type,))
+    waiting = scalar(
+        url, "select pgxjob_schedule(%s, trace_context => %s)", (job_type, traceparent)
+    )
+    untraced = scalar(url, "select pgxjob_schedule(%s)", (job_type,))
+    c = client(make_app(url))
+    assert f'<code class="trace">{trace_id}</code>' in c.get(f"/jobs/{waiting}").text
+    assert 'class="trace"' not in c.get(f"/jobs/{untraced}").text
+    execute(url, "select pgxjob_cancel_job(%s)", (waiting,))
+    finished = c.get(f"/jobs/{waiting}").text
+    assert "no longer waiting or running" in finished
+    assert f'<code class="trace">{trace_id}</code>' in finished
+
+
 def test_the_database_password_is_never_shown(url: str) -> None:
     # The server trusts local connections, so a password in the URL is ignored, not refused.
     with_password = make_conninfo(url, password="hunter2-very-secret")
