@@ -109,8 +109,9 @@ def main(argv: list[str]) -> int:
             return 1
         # pg_prove's -d takes only a bare database name (a conninfo string turns into a Perl
         # "HASH(...)"), so the connection goes to psql through the libpq environment.
+        targets = [str(f) for f in files] if argv else ["-r", str(HERE)]
         proc = subprocess.run(
-            ["pg_prove", "--ext", ".sql", *([str(f) for f in files] if argv else ["-r", str(HERE)])],
+            ["pg_prove", "--ext", ".sql", *targets],
             capture_output=True,
             text=True,
             env=_libpq_env(conninfo),
