@@ -140,3 +140,96 @@ def test_a_version_3_database_in_use_upgrades_with_its_jobs_workers_runs_and_gra
                 sql.Identifier(app), sql.Identifier(worker_role)
             ),
         )
+
+
+def install_version_8(url: str) -> None:
+    """Files 1-8 as the Python migrator of schema version 8 applied them."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "create table pgxjob_schema_migrations (version int primary key, name text not null,"
+            " applied_at timestamptz not null default now())"
+        )
+        for migration in load_migrations()[:8]:
+            with conn.transaction():
+                conn.execute("set local search_path to public, pg_temp")
+                conn.execute(migration.sql.encode())
+                conn.execute(
+                    "insert into pgxjob_schema_migrations (version, name) values (%s, %s)"
+                    " on conflict (version) do nothing",
+                    (migration.version, migration.name),
+                )
+
+
+CHANGED_IN_9 = ("pgxjob_schedule", "pgxjob_schedule_many", "pgxjob_fetch_jobs")
+
+
+def executors(url: str) -> set[tuple[str, str, str]]:
+    """(schema, function, role) for every EXECUTE grant on the functions 0009 re-creates."""
+    rows = run(
+        url,
+        "select n.nspname::text, p.proname::text, pg_get_userbyid(a.grantee)::text"
+        " from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
+        " cross join lateral aclexplode(p.proacl) a"
+        " where p.proname = any (%s) and a.privilege_type = 'EXECUTE' and a.grantee <> 0"
+        "   and pg_get_userbyid(a.grantee) <> current_user",
+        (list(CHANGED_IN_9),),
+    )
+    return {(str(s), str(f), str(r)) for s, f, r in rows}
+
+
+def test_migration_9_recreates_the_changed_functions_with_exactly_their_grants(
+    roles: tuple[str, str],
+) -> None:
+    app, worker_role = roles
+    direct = create_login_role(unique_role_name("pgxjob_up_direct"))
+    try:
+        with scratch_database("pgxjob_upgrade9") as url:
+            install_version_8(url)
+            run(url, "select pgxjob_grant_application(%s)", (app,))
+            run(url, "select pgxjob_grant_worker(%s)", (worker_role,))
+            # A role a DBA granted one function by hand, without the helpers.
+            run(
+                url,
+                sql.SQL(
+                    "grant usage on schema public, pgxjob_public to {0};"
+                    " grant execute on function"
+                    " public.pgxjob_schedule(text, json, text, timestamptz, int, text),"
+                    " pgxjob_public.pgxjob_schedule(text, json, text, timestamptz, int, text)"
+                    " to {0}"
+                ).format(sql.Identifier(direct)),
+            )
+            run(url, "select pgxjob_register_job_type('up9', 'default')")
+            waiting = scalar(url, "select pgxjob_schedule('up9', '{\"n\": 1}')")
+            before = executors(url)
+            assert {r for _, _, r in before} == {app, worker_role, direct}
+
+            assert migrate(url) == [9]
+
+            assert executors(url) == before
+            traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            direct_url = as_role(url, direct)
+            traced = scalar(
+                direct_url, "select pgxjob_schedule('up9', trace_context => %s)", (traceparent,)
+            )
+            with (
+                psycopg.connect(direct_url, autocommit=True) as conn,
+                pytest.raises(psycopg.errors.InsufficientPrivilege),
+            ):
+                conn.execute("select pgxjob_schedule_many('up9', array['{}']::json[])")
+            assert scalar(as_role(url, app), "select pgxjob_schedule('up9')") > traced
+            worker_url = as_role(url, worker_role)
+            worker = scalar(worker_url, "select pgxjob_register_worker('default', interval '1h')")
+            fetched = run(
+                worker_url,
+                "select id, trace_context from pgxjob_fetch_jobs(%s, 2) order by id",
+                (worker,),
+            )
+            assert fetched == [(waiting, None), (traced, traceparent)]
+            run(
+                url,
+                sql.SQL("drop owned by {}, {}, {}").format(
+                    sql.Identifier(app), sql.Identifier(worker_role), sql.Identifier(direct)
+                ),
+            )
+    finally:
+        drop_role(direct)
