@@ -557,3 +557,57 @@ def test_the_global_provider_is_used_from_when_the_application_sets_it(clean_db:
 def test_tracing_is_available_here() -> None:
     # The dev extra installs the SDK: the tests above ran with OpenTelemetry, not without.
     assert tracing.available()
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        TRACEPARENT,
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        "00-00000000000000000000000000000001-0000000000000001-03",
+        "00-ffffffffffffffffffffffffffffffff-ffffffffffffffff-ff",
+    ],
+)
+def test_a_stored_traceparent_is_read_as_the_standard_propagator_reads_it(
+    traceparent: str,
+) -> None:
+    from opentelemetry.context import Context
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from pgxjob._otel import _remote_parent
+
+    ours = trace.get_current_span(_remote_parent(traceparent, Context())).get_span_context()
+    standard = trace.get_current_span(
+        TraceContextTextMapPropagator().extract({"traceparent": traceparent}, Context())
+    ).get_span_context()
+    assert ours.is_valid and ours.is_remote
+    assert (ours.trace_id, ours.span_id, ours.trace_flags) == (
+        standard.trace_id,
+        standard.span_id,
+        standard.trace_flags,
+    )
+
+
+@pytest.mark.parametrize(
+    "traceparent",
+    [
+        "",
+        "garbage",
+        TRACEPARENT.upper(),
+        "ff" + TRACEPARENT[2:],
+        TRACEPARENT + "-extra",
+        " " + TRACEPARENT[1:],
+        TRACEPARENT[:-1] + "\n",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+        "0é-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    ],
+)
+def test_an_unreadable_stored_traceparent_is_no_parent(traceparent: str) -> None:
+    from opentelemetry.context import Context
+
+    from pgxjob._otel import _remote_parent
+
+    empty = Context()
+    assert _remote_parent(traceparent, empty) is empty
