@@ -18,11 +18,14 @@ BENCH = Path(__file__).resolve().parent
 DEST = BENCH  # where RESULTS.md and the plots are written (--dest)
 PGX, PGX_OFF = "pgxjob", "pgxjob-nolog"
 PEERS = ["pgqueuer", "oban", "procrastinate"]
+OTEL = ["pgxjob-otel", "pgxjob-otel-api"]
 NAMES = {
     "pgxjob": "pgxjob (run log on)",
     "pgxjob-nolog": "pgxjob (run log off)",
     "pgxjob-defaults": "pgxjob (start_worker defaults)",
     "pgxjob-async": "pgxjob (async handlers)",
+    "pgxjob-otel": "pgxjob (OpenTelemetry SDK)",
+    "pgxjob-otel-api": "pgxjob (OpenTelemetry API, no SDK)",
     "pgqueuer": "PgQueuer",
     "oban": "oban-py",
     "procrastinate": "procrastinate",
@@ -97,7 +100,9 @@ def spread(res: dict[str, Any], system: str, key: str) -> str:
 def table(res: dict[str, Any], systems: list[str]) -> list[str]:
     peers = [p for p in PEERS if p in systems]
     cols = [
-        s for s in (PGX, PGX_OFF, "pgxjob-defaults", "pgxjob-async", *peers, "bare") if s in systems
+        s
+        for s in (PGX, PGX_OFF, "pgxjob-defaults", "pgxjob-async", *OTEL, *peers, "bare")
+        if s in systems
     ]
     head = [
         "Workload",

@@ -154,6 +154,49 @@ SYSTEMS: dict[str, dict[str, Any]] = {
         "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
         " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
     },
+    # OpenTelemetry installed (the otel extra and the SDK, in a virtualenv of their own) and
+    # configured in every driver process: an SDK TracerProvider whose batch processor hands each
+    # span to an exporter that drops it. The backlog is scheduled in spans, so every job carries
+    # a traceparent and every run is a child span: the cost of traces against "pgxjob", whose
+    # virtualenv has no OpenTelemetry at all.
+    "pgxjob-otel": {
+        "venv": "pgxjob-otel",
+        "driver": "pgxjob_driver.py",
+        "env": {"PGXJOB_BENCH_OTEL": "sdk"},
+        "only": ["drain1", "drain2"],
+        "bulk_batch": 5000,
+        "consume": {
+            "log": True,
+            "worker": {
+                "max_concurrent_jobs": 2,
+                "max_prefetched_jobs": 1000,
+                "max_buffered_job_results": 1000,
+                "max_buffered_job_result_age": 1.0,
+            },
+        },
+        "sweep_from": "pgxjob",
+        "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
+        " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
+    },
+    # The same virtualenv with no SDK configured: OpenTelemetry importable, no span made.
+    "pgxjob-otel-api": {
+        "venv": "pgxjob-otel",
+        "driver": "pgxjob_driver.py",
+        "only": ["drain1", "drain2"],
+        "bulk_batch": 5000,
+        "consume": {
+            "log": True,
+            "worker": {
+                "max_concurrent_jobs": 2,
+                "max_prefetched_jobs": 1000,
+                "max_buffered_job_results": 1000,
+                "max_buffered_job_result_age": 1.0,
+            },
+        },
+        "sweep_from": "pgxjob",
+        "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
+        " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
+    },
     "pgqueuer": {
         "venv": "pgqueuer",
         "driver": "pgqueuer_driver.py",
@@ -237,7 +280,8 @@ def ensure_venv(system: str) -> None:
     name = spec["venv"]
     req = BENCH / "requirements" / f"{name}.txt"
     stamp = WORK / name / ".bench-installed"
-    want = req.read_text() + ("editable:" + str(ROOT) if name == "pgxjob" else "")
+    editable = name.startswith("pgxjob")
+    want = req.read_text() + ("editable:" + str(ROOT) if editable else "")
     if stamp.exists() and stamp.read_text() == want and venv_python(name).exists():
         return
     base = sys.executable
@@ -247,7 +291,7 @@ def ensure_venv(system: str) -> None:
     subprocess.run([base, "-m", "venv", str(WORK / name)], check=True)
     pip = [str(venv_python(name)), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, "-r", str(req)], check=True)
-    if name == "pgxjob":
+    if editable:
         subprocess.run([*pip, "-e", str(ROOT)], check=True)
     stamp.write_text(want)
 
@@ -260,7 +304,7 @@ def versions(system: str) -> dict[str, str]:
         check=True,
     ).stdout
     keep = {"pgxjob", "procrastinate", "pgqueuer", "oban", "psycopg", "psycopg-binary",
-            "psycopg-pool", "asyncpg"}  # fmt: skip
+            "psycopg-pool", "asyncpg", "opentelemetry-api", "opentelemetry-sdk"}  # fmt: skip
     vers = {p["name"].lower(): p["version"] for p in json.loads(out)}
     py = subprocess.run(
         [
@@ -430,6 +474,11 @@ def driver_cmd(system: str, mode: str, dsn: str, opts: dict[str, Any]) -> list[s
     ]
 
 
+def driver_env(system: str) -> dict[str, str]:
+    """The environment of a system's driver processes: ours, the drivers' path, the system's own."""
+    return {**os.environ, "PYTHONPATH": str(DRIVERS), **SYSTEMS[system].get("env", {})}
+
+
 def run_driver(
     system: str, mode: str, dsn: str, opts: dict[str, Any], timeout: float = 600
 ) -> dict[str, Any]:
@@ -438,7 +487,7 @@ def run_driver(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(DRIVERS)},
+        env=driver_env(system),
     )
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -452,7 +501,7 @@ class Consumer:
     """One worker process of a system, driven over the consumer protocol of drivers/common.py."""
 
     def __init__(self, system: str, dsn: str, opts: dict[str, Any], record: bool = False) -> None:
-        env = {**os.environ, "PYTHONPATH": str(DRIVERS)}
+        env = driver_env(system)
         if record:
             env["BENCH_RECORD"] = "1"
         self.errfile = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed with the process)

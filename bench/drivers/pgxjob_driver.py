@@ -3,14 +3,37 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import common
 import psycopg
 
 import pgxjob
+
+
+def configure_otel() -> None:
+    """PGXJOB_BENCH_OTEL=sdk (the pgxjob-otel system): an SDK TracerProvider, set globally, whose
+    batch processor hands every span to an exporter that drops it: what traces cost pgxjob's
+    process, without the network and the collector an application would add."""
+    if os.environ.get("PGXJOB_BENCH_OTEL") != "sdk":
+        return
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Drop(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    # A queue that holds a whole backlog's spans: the default (2048) drops spans whenever the
+    # exporting thread falls behind, which would measure less work than tracing every run.
+    provider.add_span_processor(BatchSpanProcessor(Drop(), max_queue_size=1_000_000))
+    trace.set_tracer_provider(provider)
 
 
 def noop(job: pgxjob.Job) -> None:
@@ -245,4 +268,5 @@ def runtime(dsn: str, opts: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     mode, dsn, opts = common.parse_args()
+    configure_otel()
     globals()[mode](dsn, opts)
