@@ -1,11 +1,12 @@
 """OpenTelemetry traces: a span per schedule call and per run, when ``opentelemetry-api`` is there.
 
-A scheduler imports this module once, when it is made, and this module imports OpenTelemetry
-once, if it is installed (the ``otel`` extra). Without it :func:`tracing_for` returns None, and a
-worker pays one attribute read per run. With it, spans go to the tracer provider given to the
-Scheduler, else to OpenTelemetry's global one; while that is OpenTelemetry's default (no SDK
-configured yet) or a no-op provider, no span is made at all, and a worker pays one provider look-up
-per run.
+This module imports nothing of OpenTelemetry itself. The first Scheduler made asks
+:func:`available`, which imports the implementation (:mod:`pgxjob._otel`, and with it
+OpenTelemetry) once, if the ``otel`` extra is installed. Without it :func:`tracing_for` returns
+None, and a worker pays one attribute read per run. With it, spans go to the tracer provider
+given to the Scheduler, else to OpenTelemetry's global one; while that is OpenTelemetry's default
+(no SDK configured yet) or a no-op provider, no span is made at all, and a worker pays one
+provider look-up per run.
 
 The trace context travels with the job as a W3C ``traceparent`` (the ``trace_context`` argument
 of ``pgxjob_schedule``): the span of each run is a child of the span that scheduled the job, and a

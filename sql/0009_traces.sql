@@ -96,7 +96,8 @@ $$;
 
 -- Inserts one job, or returns the id of the job that holds its unique key; the job of 0005 with
 -- its trace context. Shared by pgxjob_schedule, pgxjob_schedule_many (for jobs with keys),
--- periodic schedules and pgxjob_retry_job_run.
+-- periodic schedules and pgxjob_retry_job_run. p_trace_context defaults to null so that the
+-- seven-argument call of 0007's pgxjob_fire_periodic_jobs resolves to this function unchanged.
 create function pgxjob_insert_job(
   p_type_id int,
   p_group_id int,
