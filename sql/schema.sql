@@ -38,32 +38,51 @@ CREATE FUNCTION pgxjob_public.pgxjob_api_schema() RETURNS name
 
 CREATE FUNCTION pgxjob_public.pgxjob_apply_job_results(p_worker_id integer, p_job_ids bigint[], p_error_counts integer[], p_started_at timestamp with time zone[], p_finished_at timestamp with time zone[], p_errors text[], p_retry_at timestamp with time zone[], p_backoff_max_retries integer[], p_backoff_base_delays interval[], p_log boolean[], p_outputs json[], p_cancelled boolean[], p_now timestamp with time zone, OUT changed integer, OUT stale_job_ids bigint[]) RETURNS record
     LANGUAGE plpgsql SECURITY DEFINER
+    SET enable_nestloop TO 'off'
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 declare
   v_notified bigint;
+  v_owned bigint[];
+  v_cancel_requested boolean[];
+  v_timed_owned bigint[];
+  v_timed_cancel_requested boolean[];
 begin
   -- Lock order: the rows this worker still owns, ASAP table first, each in id order. The
-  -- statement below then takes no job row lock it does not already hold.
-  perform
-  from pgxjob_asap_jobs j
-  where j.id = any (p_job_ids)
-    and j.worker_id = p_worker_id
-  order by j.id
-  for update;
+  -- statement below then takes no job row lock it does not already hold, and the rows locked
+  -- here are the jobs it may change: nobody else can take them from this worker before commit.
+  -- (is not distinct from, with p_worker_id not null, is "=" that no index answers: each row is
+  -- found through the primary key, one probe per id. Through the worker_id index every claimed
+  -- job would be read and tested against the whole id array, N x N comparisons per batch.)
+  select coalesce(array_agg(o.id), '{}'), coalesce(array_agg(o.cancel_requested), '{}')
+  into v_owned, v_cancel_requested
+  from (
+    select j.id, j.cancel_requested
+    from pgxjob_asap_jobs j
+    where j.id = any (p_job_ids)
+      and j.worker_id is not distinct from p_worker_id
+    order by j.id
+    for update
+  ) o;
 
-  perform
-  from pgxjob_run_at_jobs j
-  where j.id = any (p_job_ids)
-    and j.worker_id = p_worker_id
-  order by j.id
-  for update;
+  select coalesce(array_agg(o.id), '{}'), coalesce(array_agg(o.cancel_requested), '{}')
+  into v_timed_owned, v_timed_cancel_requested
+  from (
+    select j.id, j.cancel_requested
+    from pgxjob_run_at_jobs j
+    where j.id = any (p_job_ids)
+      and j.worker_id is not distinct from p_worker_id
+    order by j.id
+    for update
+  ) o;
 
   -- Data-modifying CTEs share one snapshot, so each job is handled by exactly one branch: a job
   -- id appears once per batch (the last result wins), and the branches' conditions are disjoint.
-  -- Every branch requires the job to be owned by p_worker_id: the worker id is the fencing token,
-  -- and a result from a worker that was reaped (and whose job another worker may be running)
-  -- changes nothing.
+  -- Every branch takes only jobs owned by p_worker_id (locked above): the worker id is the fencing
+  -- token, and a result from a worker that was reaped (and whose job another worker may be
+  -- running) changes nothing.
   with input as (
     select distinct on (r.job_id)
       r.job_id, r.error_count, r.started_at, r.finished_at, r.log, r.output,
@@ -93,20 +112,17 @@ begin
     )
     order by r.job_id, r.ord desc
   ),
-  -- Whether each job this worker owns has a cancel request.
+  -- The jobs this worker owns, and whether each has a cancel request.
   owned as (
-    select j.id, j.cancel_requested
-    from pgxjob_asap_jobs j
-    where j.id = any (p_job_ids) and j.worker_id = p_worker_id
-    union all
-    select j.id, j.cancel_requested
-    from pgxjob_run_at_jobs j
-    where j.id = any (p_job_ids) and j.worker_id = p_worker_id
+    select o.id, o.cancel_requested
+    from unnest(v_owned || v_timed_owned, v_cancel_requested || v_timed_cancel_requested)
+      as o(id, cancel_requested)
   ),
   -- A cancelled job finishes whatever its handler did, and is never retried. A retry of a job
   -- that has reached the largest error_count is a final failure.
   decided as (
     select i.job_id, i.error_count, i.started_at, i.finished_at, i.log, i.output, i.failed,
+      o.id is not null as owned,
       i.cancelled or coalesce(o.cancel_requested, false) as cancelled,
       case
         when i.cancelled or coalesce(o.cancel_requested, false) then null
@@ -126,8 +142,9 @@ begin
   -- key; a plain join to the input would let the planner hash the whole table per batch.
   done_asap as (
     delete from pgxjob_asap_jobs j
-    where j.id = any (array(select x.job_id from decided x where x.next_run_at is null))
-      and j.worker_id = p_worker_id
+    where j.id = any (array(
+        select x.job_id from decided x where x.owned and x.next_run_at is null
+      ))
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.inserted_at as run_at, j.params,
       0 as error_count, j.unique_key, j.trace_context
   ),
@@ -136,9 +153,10 @@ begin
     -- must not end it.
     delete from pgxjob_run_at_jobs j
     using decided i
-    where j.id = any (array(select x.job_id from decided x where x.next_run_at is null))
+    where j.id = any (array(
+        select x.job_id from decided x where x.owned and x.next_run_at is null
+      ))
       and j.id = i.job_id
-      and j.worker_id = p_worker_id
       and (not i.failed or i.cancelled or j.error_count = i.error_count)
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, j.error_count,
       j.unique_key, j.trace_context
@@ -147,10 +165,10 @@ begin
     delete from pgxjob_asap_jobs j
     using decided i
     where j.id = any (array(
-        select x.job_id from decided x where x.next_run_at is not null and x.error_count = 0
+        select x.job_id from decided x
+        where x.owned and x.next_run_at is not null and x.error_count = 0
       ))
       and j.id = i.job_id
-      and j.worker_id = p_worker_id
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.inserted_at as run_at, j.params,
       0 as error_count, i.next_run_at, i.error, j.priority, j.unique_key, j.trace_context
   ),
@@ -171,9 +189,10 @@ begin
         next_run_at = i.next_run_at,
         worker_id = null
     from decided i
-    where j.id = any (array(select x.job_id from decided x where x.next_run_at is not null))
+    where j.id = any (array(
+        select x.job_id from decided x where x.owned and x.next_run_at is not null
+      ))
       and j.id = i.job_id
-      and j.worker_id = p_worker_id
       and j.error_count = i.error_count
     returning j.id, j.group_id, j.type_id, j.inserted_at, j.run_at, j.params, i.error_count,
       j.trace_context
@@ -884,6 +903,9 @@ $$;
 CREATE FUNCTION pgxjob_public.pgxjob_fetch_jobs(p_worker_id integer, p_limit integer, p_now timestamp with time zone DEFAULT now()) RETURNS TABLE(id bigint, group_id integer, type_id integer, type_name text, params json, inserted_at timestamp with time zone, run_at timestamp with time zone, error_count integer, last_error text, asap boolean, priority integer, cancel_requested boolean, trace_context text)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pgxjob_public', 'pg_temp'
+    SET enable_sort TO 'off'
+    SET enable_seqscan TO 'off'
+    SET jit TO 'off'
     AS $$
 #variable_conflict use_column
 declare
@@ -1809,6 +1831,8 @@ $$;
 
 CREATE FUNCTION pgxjob_public.pgxjob_next_run_in(p_worker_id integer, p_now timestamp with time zone DEFAULT now()) RETURNS interval
     LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER
+    SET enable_sort TO 'off'
+    SET jit TO 'off'
     SET search_path TO 'pgxjob_public', 'pg_temp'
     AS $$
 declare
@@ -1824,17 +1848,22 @@ begin
     return null;
   end if;
 
-  -- A job or schedule at 'infinity' never falls due. Each minimum is one index probe.
+  -- A job or schedule at 'infinity' never falls due. Each is the first entry of an index in
+  -- due-time order: one probe, as the only plan that needs no sort.
   select least(
-    (select min(j.next_run_at)
+    (select j.next_run_at
      from pgxjob_run_at_jobs j
      where j.group_id = v_group_id
        and j.worker_id is null
-       and j.next_run_at < 'infinity'),
-    (select min(p.next_fire_at)
+       and j.next_run_at < 'infinity'
+     order by j.next_run_at
+     limit 1),
+    (select p.next_fire_at
      from pgxjob_periodic_jobs p
      where p.group_id = v_group_id
-       and p.next_fire_at < 'infinity')
+       and p.next_fire_at < 'infinity'
+     order by p.next_fire_at
+     limit 1)
   ) into v_next;
 
   if v_next is null then
