@@ -85,118 +85,70 @@ QUICK = {
 # fastest pair (bench/RESULTS.md lists every rate). "sweep_from" takes another system's choice.
 # "sweep_max_n" caps the sweep's backlog for a slow system.
 
+# pgxjob's tuned worker: the sweep (below) chooses max_concurrent_jobs; every pgxjob variant
+# starts from this configuration.
+PGXJOB_WORKER = {
+    "max_concurrent_jobs": 2,
+    "max_prefetched_jobs": 1000,
+    "max_buffered_job_results": 1000,
+    "max_buffered_job_result_age": 1.0,
+}
+
+
+def pgxjob_system(venv: str = "pgxjob", **spec: Any) -> dict[str, Any]:
+    """A pgxjob variant: its virtualenv, driver and queue tables, and what spec sets or changes
+    (consume defaults to the tuned worker with the run log on)."""
+    return {
+        "venv": venv,
+        "driver": "pgxjob_driver.py",
+        "bulk_batch": 5000,
+        "consume": {"log": True, "worker": dict(PGXJOB_WORKER)},
+        "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
+        " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
+        **spec,
+    }
+
+
 SYSTEMS: dict[str, dict[str, Any]] = {
-    "pgxjob": {
-        "venv": "pgxjob",
-        "driver": "pgxjob_driver.py",
-        "bulk_batch": 5000,
-        "consume": {
-            "log": True,
-            "worker": {
-                "max_concurrent_jobs": 2,
-                "max_prefetched_jobs": 1000,
-                "max_buffered_job_results": 1000,
-                "max_buffered_job_result_age": 1.0,
-            },
-        },
-        "sweep": {"knob": "worker.max_concurrent_jobs", "values": [2, 10], "procs": [1, 2]},
-        "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
-        " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
-    },
-    "pgxjob-nolog": {
-        "venv": "pgxjob",
-        "driver": "pgxjob_driver.py",
-        "same_enqueue_as": "pgxjob",
-        "bulk_batch": 5000,
-        "consume": {
-            "log": False,
-            "worker": {
-                "max_concurrent_jobs": 2,
-                "max_prefetched_jobs": 1000,
-                "max_buffered_job_results": 1000,
-                "max_buffered_job_result_age": 1.0,
-            },
-        },
-        "sweep_from": "pgxjob",
-        "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
-        " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
-    },
+    "pgxjob": pgxjob_system(
+        sweep={"knob": "worker.max_concurrent_jobs", "values": [2, 10], "procs": [1, 2]},
+    ),
+    "pgxjob-nolog": pgxjob_system(
+        same_enqueue_as="pgxjob",
+        consume={"log": False, "worker": dict(PGXJOB_WORKER)},
+        sweep_from="pgxjob",
+    ),
     # pgxjob's start_worker defaults, run log on: shows what the tuning above is worth.
-    "pgxjob-defaults": {
-        "venv": "pgxjob",
-        "driver": "pgxjob_driver.py",
-        "same_enqueue_as": "pgxjob",
-        "only": ["drain1", "drain2", "steady"],
-        "bulk_batch": 5000,
-        "consume": {"log": True, "worker": {}},
-        "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
-        " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
-    },
+    "pgxjob-defaults": pgxjob_system(
+        same_enqueue_as="pgxjob",
+        only=["drain1", "drain2", "steady"],
+        consume={"log": True, "worker": {}},
+    ),
     # Async no-op handlers on the worker's event loop, with pgxjob's swept configuration: the
     # asyncio path beside the thread path and PgQueuer (asyncio).
-    "pgxjob-async": {
-        "venv": "pgxjob",
-        "driver": "pgxjob_driver.py",
-        "same_enqueue_as": "pgxjob",
-        "only": ["drain1", "drain2", "latency"],
-        "bulk_batch": 5000,
-        "consume": {
-            "log": True,
-            "handler": "async",
-            "worker": {
-                "max_concurrent_jobs": 2,
-                "max_prefetched_jobs": 1000,
-                "max_buffered_job_results": 1000,
-                "max_buffered_job_result_age": 1.0,
-            },
-        },
-        "sweep_from": "pgxjob",
-        "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
-        " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
-    },
+    "pgxjob-async": pgxjob_system(
+        same_enqueue_as="pgxjob",
+        only=["drain1", "drain2", "latency"],
+        consume={"log": True, "handler": "async", "worker": dict(PGXJOB_WORKER)},
+        sweep_from="pgxjob",
+    ),
     # OpenTelemetry installed (the otel extra and the SDK, in a virtualenv of their own) and
     # configured in every driver process: an SDK TracerProvider whose batch processor hands each
     # span to an exporter that drops it. The backlog is scheduled in spans, so every job carries
     # a traceparent and every run is a child span: the cost of traces against "pgxjob", whose
     # virtualenv has no OpenTelemetry at all.
-    "pgxjob-otel": {
-        "venv": "pgxjob-otel",
-        "driver": "pgxjob_driver.py",
-        "env": {"PGXJOB_BENCH_OTEL": "sdk"},
-        "only": ["drain1", "drain2"],
-        "bulk_batch": 5000,
-        "consume": {
-            "log": True,
-            "worker": {
-                "max_concurrent_jobs": 2,
-                "max_prefetched_jobs": 1000,
-                "max_buffered_job_results": 1000,
-                "max_buffered_job_result_age": 1.0,
-            },
-        },
-        "sweep_from": "pgxjob",
-        "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
-        " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
-    },
+    "pgxjob-otel": pgxjob_system(
+        "pgxjob-otel",
+        env={"PGXJOB_BENCH_OTEL": "sdk"},
+        only=["drain1", "drain2"],
+        sweep_from="pgxjob",
+    ),
     # The same virtualenv with no SDK configured: OpenTelemetry importable, no span made.
-    "pgxjob-otel-api": {
-        "venv": "pgxjob-otel",
-        "driver": "pgxjob_driver.py",
-        "only": ["drain1", "drain2"],
-        "bulk_batch": 5000,
-        "consume": {
-            "log": True,
-            "worker": {
-                "max_concurrent_jobs": 2,
-                "max_prefetched_jobs": 1000,
-                "max_buffered_job_results": 1000,
-                "max_buffered_job_result_age": 1.0,
-            },
-        },
-        "sweep_from": "pgxjob",
-        "remaining_sql": "select (select count(*) from pgxjob_public.pgxjob_asap_jobs)"
-        " + (select count(*) from pgxjob_public.pgxjob_run_at_jobs)",
-    },
+    "pgxjob-otel-api": pgxjob_system(
+        "pgxjob-otel",
+        only=["drain1", "drain2"],
+        sweep_from="pgxjob",
+    ),
     "pgqueuer": {
         "venv": "pgqueuer",
         "driver": "pgqueuer_driver.py",
