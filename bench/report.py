@@ -493,6 +493,40 @@ def plots(data: dict[str, Any]) -> list[str]:
     return made
 
 
+def scaleout_section(pgx: dict[str, Any]) -> list[str]:
+    """The scaleout workload's points (bench/scaleout.py), which docs/scaling.md reads."""
+    points = [p for p in pgx.get("scaleout_points") or [] if "rate" in p]
+    if not points:
+        return []
+    L = ["## Scale-out: worker processes and groups (pgxjob only)", ""]
+    L.append(
+        f"One round, each point a drain of a ready backlog of {points[0]['n']:,} no-op jobs on a "
+        "fresh database with pgxjob's configuration above (run log on); server CPU is the "
+        "PostgreSQL postmaster "
+        "and all its backends, read from /proc (10 ms ticks: 0.5 µs per job at this size); "
+        "transactions are `xact_commit`, the round trips of pgxjob's autocommit calls. "
+        "docs/scaling.md reads the curve."
+    )
+    L.append("")
+    L.append(
+        "| Processes | Groups | Drain, jobs/s | Server CPU µs/job | Worker CPU µs/job "
+        "| Server cores | Worker cores | WAL B/job | Transactions per 1,000 jobs "
+        "| Enqueue: server CPU µs/job | Enqueue: WAL B/job |"
+    )
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for p in points:
+        L.append(
+            f"| {p['procs']} | {p['groups']} | {fmt(p['rate'], 0)} "
+            f"| {fmt(p.get('db_cpu_us_per_job'), 1)} | {fmt(p.get('worker_cpu_us_per_job'), 1)} "
+            f"| {fmt(p.get('db_cores'), 2)} | {fmt(p.get('worker_cores'), 2)} "
+            f"| {fmt(p.get('wal_bytes_per_job'), 0)} | {fmt(p['xacts_per_job'] * 1000, 1)} "
+            f"| {fmt(p.get('enqueue_db_cpu_us_per_job'), 1)} "
+            f"| {fmt(p.get('enqueue_wal_bytes_per_job'), 0)} |"
+        )
+    L.append("")
+    return L
+
+
 def main() -> None:
     global DEST
     ap = argparse.ArgumentParser(description=__doc__)
@@ -602,6 +636,7 @@ def main() -> None:
             f"{fmt(res.get(PGX_OFF, {}).get('big_peak_rss_mb'), 1)} MiB (plot: memory.png)."
         )
     L.append("")
+    L.extend(scaleout_section(res.get(PGX, {})))
     if made:
         L.append("## Plots")
         L.append("")

@@ -12,7 +12,7 @@ with 1 group every process serves it), each point on a fresh database, and repor
 - ``xacts_per_job``: committed transactions in the database per job, which with pgxjob's
   autocommit calls is the round trips per job (the runner's own polls are subtracted);
 - ``enqueue_wal_bytes_per_job`` and ``enqueue_db_cpu_us_per_job``: the same for filling the
-  backlog with ``schedule_many`` in batches of 5,000.
+  backlog with ``schedule_many`` in batches of 5,000, and ``enqueue_rate`` its jobs per second.
 
 CPU figures need the private cluster (the default); with --dsn they are left out.
 """
@@ -88,22 +88,35 @@ def point(
     wait_count: Callable[[list[Any], int, float], bool],
     remaining_sql: str,
     timeout: float,
+    prepare: Callable[[str], None] | None = None,
+    before_drain: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """One drain of n jobs over `groups` groups by `procs` worker processes; its figures."""
+    """One drain of n jobs over `groups` groups by `procs` worker processes; its figures.
+
+    prepare(dsn), if given, runs after the schema is installed and the groups registered, before
+    the backlog is filled, and before_drain(dsn) after it is filled (bench/partitioning.py
+    changes the layout in the first and analyzes the tables in the second).
+    """
     names = ["default"] if groups == 1 else [f"g{k}" for k in range(groups)]
     db = server.fresh(f"pgxjob_scaleout_{procs}_{groups}")
     dsn = server.dsn(db)
     run_driver("pgxjob", "setup", dsn, {"groups": names})
+    if prepare is not None:
+        prepare(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         lsn_enqueue = conn.execute("select pg_current_wal_lsn()").fetchone()[0]
         cpu_enqueue = server_cpu(pgdata)
-        run_driver("pgxjob", "backlog", dsn, {"n": n, "batch": 5000, "groups": names})
+        enqueue_seconds = run_driver(
+            "pgxjob", "backlog", dsn, {"n": n, "batch": 5000, "groups": names}
+        )["seconds"]
         wal_enqueue = int(
             conn.execute(
                 "select pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", [lsn_enqueue]
             ).fetchone()[0]
         )
         cpu_enqueued = server_cpu(pgdata)
+    if before_drain is not None:
+        before_drain(dsn)
     if groups >= procs:
         served = [[g for k, g in enumerate(names) if k % procs == i] for i in range(procs)]
     else:
@@ -152,6 +165,7 @@ def point(
         "rate": n / wall,
         "wal_bytes_per_job": wal / n,
         "enqueue_wal_bytes_per_job": wal_enqueue / n,
+        "enqueue_rate": n / enqueue_seconds,
         "xacts_per_job": commits / n,
         "worker_cpu_us_per_job": (wcpu1 - wcpu0) / n * 1e6,
         "worker_cores": (wcpu1 - wcpu0) / wall,
