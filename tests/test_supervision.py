@@ -90,7 +90,8 @@ def test_a_handle_error_that_raises_stops_no_loop(url: str) -> None:
         worker._results.add(worker.id or 0, poison_result(job_id=-1))
         # The pool replaces a dropped connection before lending it, so the fetch loop may never
         # meet a dropped one: it meets a fetch function that is gone for a while instead.
-        fetch_fn = "public.pgxjob_fetch_jobs(int, int, timestamptz)"
+        # (The implementation in the private schema: pgxjob calls it directly.)
+        fetch_fn = "pgxjob_public.pgxjob_fetch_jobs(int, int, timestamptz)"
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"alter function {fetch_fn} rename to pgxjob_fetch_off")
         try:
@@ -101,7 +102,7 @@ def test_a_handle_error_that_raises_stops_no_loop(url: str) -> None:
         finally:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(
-                    "alter function public.pgxjob_fetch_off(int, int, timestamptz)"
+                    "alter function pgxjob_public.pgxjob_fetch_off(int, int, timestamptz)"
                     " rename to pgxjob_fetch_jobs"
                 )
         deadline = time.monotonic() + 60
