@@ -14,8 +14,8 @@
 -- one batch, and the batch it returns) have no alternative and still run. A disabled plan
 -- type costs the planner's penalty (10^10) when no alternative exists, which is far past
 -- jit_above_cost: JIT would then compile each such statement on every call, 100 to 300 ms for a
--- fetch of an empty queue, so both functions also turn JIT off (it never pays for statements
--- that handle one batch).
+-- fetch of an empty queue, so the three functions changed here also turn JIT off (it never pays
+-- for statements that handle one batch).
 --
 -- pgxjob_apply_job_results joins a batch of results to the jobs they finish: the results come
 -- from unnested arrays, which the planner takes for ten rows, so from the sixth call on (when
