@@ -47,18 +47,17 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import scaleout  # bench/, the script's directory, is on sys.path
 from psycopg.conninfo import make_conninfo
 
 from pgxjob import migrations
 
-TICKS = os.sysconf("SC_CLK_TCK")
 TABLE = "pgxjob_public.pgxjob_asap_jobs"
 
 _FULL_INDEXES = [
@@ -90,30 +89,14 @@ CANDIDATES = (
 # --- CPU from /proc ------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str]:
-    # After the ")" the state is index 0: utime 11, stime 12, cutime 13, cstime 14 (0-based).
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def server_cpu(pgdata: Path) -> float:
-    """CPU seconds of the server: the postmaster's reaped children plus its live children."""
-    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
-    while True:
-        # A child reaped during the scan would be counted twice or not at all: scan again.
-        before = _stat_fields(postmaster)[11:15]
-        ticks = 0
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                child = _stat_fields(int(entry.name))
-            except OSError:
-                continue
-            if int(child[1]) == postmaster:
-                ticks += int(child[11]) + int(child[12])
-        after = _stat_fields(postmaster)[11:15]
-        if before == after:
-            return (ticks + sum(int(t) for t in after)) / TICKS
+    """CPU seconds of the server: the postmaster and its reaped and live children (scaleout.py)."""
+    cpu = scaleout.server_cpu(pgdata)
+    if cpu is None:
+        raise SystemExit(
+            f"no running server in {pgdata}: --pgdata must be the server's data directory"
+        )
+    return cpu
 
 
 def backend_ns(pid: int) -> int:

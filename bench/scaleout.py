@@ -62,10 +62,14 @@ def server_cpu(pgdata: Path | None) -> float | None:
     if pgdata is None or not (pgdata / "postmaster.pid").exists():
         return None
     postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
-    total = _cpu_seconds(postmaster, children=True)
-    for child in _child_pids(postmaster):
-        total += _cpu_seconds(child, children=False)
-    return total
+    while True:
+        # A backend reaped during the scan would be counted twice or not at all: scan again.
+        reaped = _cpu_seconds(postmaster, children=True)
+        total = reaped + sum(
+            _cpu_seconds(child, children=False) for child in _child_pids(postmaster)
+        )
+        if _cpu_seconds(postmaster, children=True) == reaped:
+            return total
 
 
 def _commits(conn: psycopg.Connection[Any]) -> int:

@@ -13,8 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +28,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 import pgxjob
 from pgxjob import tracing
 from pgxjob.errors import InvalidArgumentError
+from tests.test_faults import query, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 # A traceparent of 55 characters, the largest pgxjob_schedule accepts.
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-def query(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def outcomes(url: str) -> list[tuple[Any, ...]]:
