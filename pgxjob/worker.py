@@ -365,11 +365,7 @@ class Worker:
     def _idle_delay(self, conn: psycopg.Connection[Any], worker_id: int) -> float:
         # Caught up: sleep until signalled, until the group's next timed job is due (on the
         # database's clock), or for poll_interval at most.
-        next_run_in = queries.next_run_in(conn, worker_id)
-        if next_run_in is None:
-            return self._poll_interval
-        # A due job we could not claim is being claimed by another worker: look again soon.
-        return min(self._poll_interval, max(next_run_in.total_seconds(), 0.01))
+        return idle_sleep(queries.next_run_in(conn, worker_id), self._poll_interval)
 
     def _job(self, row: FetchedJob) -> Job:
         assert self._group is not None
@@ -826,6 +822,27 @@ class Worker:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
+
+
+# How long a worker waits before looking again for a due job it could not claim (another worker
+# is claiming it).
+_DUE_RETRY_DELAY = 0.01
+
+
+def idle_sleep(next_run_in: dt.timedelta | None, poll_interval: float) -> float:
+    """How long a caught-up worker sleeps: until its group's next timed job is due, at most
+    poll_interval.
+
+    A job due in 3 ms is waited for 3 ms: a worker woken early (by the notification of another
+    timed job) must not oversleep the job that is about to fall due. Only a job already due,
+    which this worker could not claim, waits ``_DUE_RETRY_DELAY``.
+    """
+    if next_run_in is None:
+        return poll_interval
+    due_in = next_run_in.total_seconds()
+    if due_in <= 0:
+        return min(poll_interval, _DUE_RETRY_DELAY)
+    return min(poll_interval, due_in)
 
 
 def _outcome(job: Job, err: BaseException | None, cancelled: bool) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,6 +10,7 @@ import psycopg
 import pytest
 
 from pgxjob.queries import PG_NOTIFY_CHANNEL, TIMED_NOTIFY_CHANNEL
+from pgxjob.worker import idle_sleep
 
 Notification = tuple[str, str]
 
@@ -145,3 +147,17 @@ def test_a_retry_notifies_the_timed_channel(
     producer.commit()
 
     assert received(listener) == [(TIMED_NOTIFY_CHANNEL, "mail")]
+
+
+def test_a_worker_woken_before_a_timed_job_is_due_sleeps_until_it_is_due() -> None:
+    # Every timed schedule wakes the group's idle workers. A worker woken 3 ms before its next
+    # job is due must sleep those 3 ms, not a fixed retry pause that starts the job late.
+    assert idle_sleep(dt.timedelta(milliseconds=3), 5.0) == pytest.approx(0.003)
+    assert idle_sleep(dt.timedelta(microseconds=200), 5.0) == pytest.approx(0.0002)
+    # Far in the future, or nothing timed: the poll interval bounds the sleep.
+    assert idle_sleep(dt.timedelta(hours=1), 5.0) == 5.0
+    assert idle_sleep(None, 5.0) == 5.0
+    # Due already but not claimed by this worker (another is claiming it): look again soon.
+    assert idle_sleep(dt.timedelta(0), 5.0) == pytest.approx(0.01)
+    assert idle_sleep(dt.timedelta(seconds=-2), 5.0) == pytest.approx(0.01)
+    assert idle_sleep(dt.timedelta(0), 0.005) == 0.005
