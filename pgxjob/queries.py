@@ -106,19 +106,20 @@ def in_schema(conn: AnyConnection, schema: str) -> Iterator[None]:
 
 
 @functools.lru_cache(maxsize=512)
-def _qualified(schema: str | None, query: str) -> sql.Composed:
+def _qualified(schema: str | None, query: str) -> str:
     # In query, {} stands before the pgxjob function's name: the schema and a dot, or nothing.
     # With a schema, the call goes to the implementation in its private schema (pgxjob_<schema>,
     # where every role granted a function may execute it too) rather than to the public wrapper:
     # pgxjob sends unprepared statements (poolers), so a wrapper, inlined when the statement is
     # planned, would have its body parsed again on every call, about 30 us per call.
+    # The text is built once per schema and query: psycopg would compose a sql.Composed again on
+    # every execute, and caches the parsing of a plain string.
     if schema is None:
-        return sql.SQL(query).format(sql.SQL(""))
-    private = sql.Identifier(f"pgxjob_{schema}")
-    return sql.SQL(query).format(sql.Composed([private, sql.SQL(".")]))
+        return query.format("")
+    return query.format(sql.Identifier(f"pgxjob_{schema}").as_string(None) + ".")
 
 
-def _sql(conn: AnyConnection, query: str) -> sql.Composed:
+def _sql(conn: AnyConnection, query: str) -> str:
     return _qualified(_schemas.get(conn), query)
 
 
