@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 import os
+import select
 import threading
 import time
 import weakref
@@ -73,6 +74,15 @@ def acquire_conn_from_pool(pool: ConnectionPool[Any]) -> AcquireConn:
         return pool.connection()
 
     return acquire
+
+
+def _readable(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the connection's socket has input waiting (or is closed), without blocking."""
+    try:
+        ready, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(ready)
 
 
 def encode_params(params: Any) -> str | None:
@@ -395,7 +405,7 @@ class Scheduler:
             open=False,
             timeout=5.0,
             kwargs={"autocommit": True, "prepare_threshold": self._prepare_threshold},
-            # A round trip before each loan: after a server restart, the stale connections are
+            # Checked before each loan: after a server restart, the stale connections are
             # replaced instead of failing one call each.
             check=self._check_pooled,
             configure=self._opened.add,
@@ -403,6 +413,12 @@ class Scheduler:
         )
 
     def _check_pooled(self, conn: psycopg.Connection[Any]) -> None:
+        # A round trip only when the server may have spoken since the connection came back to
+        # the pool: a server that restarts, terminates the backend or times the session out
+        # sends an error and closes the socket, which makes it readable. An idle connection has
+        # nothing to read, and a round trip per loan would cost every fetch, flush and enqueue.
+        if not conn.closed and not _readable(conn):
+            return
         try:
             ConnectionPool.check_connection(conn)
         except Exception:
