@@ -90,26 +90,48 @@ begin
       case
         when r.error is null then null
         when r.retry_at is not null then r.retry_at
-        when r.max_retries is null or r.base_delay is null then null
-        when r.error_count >= r.max_retries then null
-        else pgxjob_backoff_time(p_now, r.error_count, r.base_delay)
+        else r.backoff_at
       end as next_run_at,
       case
-        when r.error is null then null
-        when r.retry_at is null and r.max_retries is not null and r.base_delay is not null
-          and r.error_count < r.max_retries
-          and pgxjob_backoff_time(p_now, r.error_count, r.base_delay) is null
+        when r.backoff_applies and r.backoff_at is null
         then r.error || format(E'\n(pgxjob: the retry time %s + (%s + 1) * %s is out of range; '
           'recorded as a final failure)', p_now, r.error_count, r.base_delay)
         else r.error
       end as error
-    from unnest(
-      p_job_ids, p_error_counts, p_started_at, p_finished_at, p_errors, p_retry_at,
-      p_backoff_max_retries, p_backoff_base_delays, p_log, p_outputs, p_cancelled
-    ) with ordinality as r(
-      job_id, error_count, started_at, finished_at, error, retry_at, max_retries, base_delay,
-      log, output, cancelled, ord
-    )
+    from (
+      -- The linear backoff's retry time, computed once per result (offset 0 keeps the planner
+      -- from copying the expression into each of its uses). While the shift is below about a
+      -- thousand years in each field of the interval and p_now lies between the years 1000 and
+      -- 290000, nothing can overflow and it is plain arithmetic; otherwise pgxjob_backoff_time
+      -- decides (null when out of range), at the price of a call and a subtransaction.
+      select u.*,
+        case
+          when u.backoff_applies is not true then null
+          when abs(date_part('year', u.base_delay) * 12 + date_part('month', u.base_delay))
+              * abs(u.error_count::float8 + 1) < 12000
+            and abs(date_part('day', u.base_delay)) * abs(u.error_count::float8 + 1) < 365000
+            and abs(date_part('hour', u.base_delay) * 3600
+                    + date_part('minute', u.base_delay) * 60
+                    + date_part('second', u.base_delay)) * abs(u.error_count::float8 + 1)
+              < 3.2e10
+            and p_now between '1000-01-01 00:00:00+00' and '290000-01-01 00:00:00+00'
+          then p_now + (u.error_count::float8 + 1) * u.base_delay
+          else pgxjob_backoff_time(p_now, u.error_count, u.base_delay)
+        end as backoff_at
+      from (
+        select v.*,
+          v.error is not null and v.retry_at is null and v.max_retries is not null
+            and v.base_delay is not null and v.error_count < v.max_retries as backoff_applies
+        from unnest(
+          p_job_ids, p_error_counts, p_started_at, p_finished_at, p_errors, p_retry_at,
+          p_backoff_max_retries, p_backoff_base_delays, p_log, p_outputs, p_cancelled
+        ) with ordinality as v(
+          job_id, error_count, started_at, finished_at, error, retry_at, max_retries,
+          base_delay, log, output, cancelled, ord
+        )
+      ) u
+      offset 0
+    ) r
     order by r.job_id, r.ord desc
   ),
   -- The jobs this worker owns, and whether each has a cancel request.
@@ -2729,23 +2751,41 @@ declare
   v_type_id int;
   v_group_id int;
   v_group_name text;
+  v_id bigint;
 begin
   -- The lookup is inlined rather than a call to pgxjob_resolve_job_target: this is the hot path
   -- of every producer. The resolver runs only when the lookup finds nothing, to raise the precise
   -- error.
-  select t.id, g.id, g.name
-  into v_type_id, v_group_id, v_group_name
-  from pgxjob_job_types t
-  join pgxjob_groups g
-    on g.id = t.default_group_id and pgxjob_schedule.group_name is null
-    or g.name = pgxjob_schedule.group_name
-  where t.name = job_type;
+  if group_name is null then
+    select t.id, g.id, g.name
+    into v_type_id, v_group_id, v_group_name
+    from pgxjob_job_types t
+    join pgxjob_groups g on g.id = t.default_group_id
+    where t.name = job_type;
+  else
+    select t.id, g.id, g.name
+    into v_type_id, v_group_id, v_group_name
+    from pgxjob_job_types t
+    cross join pgxjob_groups g
+    where t.name = job_type
+      and g.name = pgxjob_schedule.group_name;
+  end if;
 
   if v_type_id is null then
     perform pgxjob_resolve_job_target(job_type, group_name);
   end if;
   if trace_context is not null then
     perform pgxjob_check_trace_context(trace_context);
+  end if;
+
+  -- Most jobs: due now, no unique key. Written here, as pgxjob_insert_job would.
+  if unique_key is null and (run_at is null or run_at <= now()) then
+    insert into pgxjob_asap_jobs (group_id, type_id, params, priority, trace_context)
+    values (v_group_id, v_type_id, params, coalesce(priority, 0), trace_context)
+    returning id into v_id;
+
+    perform pg_notify('pgxjob_job_available', v_group_name);
+    return v_id;
   end if;
 
   return pgxjob_insert_job(v_type_id, v_group_id, v_group_name, params, run_at, priority,

@@ -1,7 +1,7 @@
 -- pgxjob_record_job_results(...): every outcome of a run, recorded in one call per batch.
 begin;
 \ir helpers.psql
-select plan(63);
+select plan(65);
 
 select t_setup();
 select t_worker('g1') as w \gset
@@ -136,6 +136,36 @@ select is(t_job_table(:backoff_asap), null, 'an exhausted backoff deletes the jo
 select results_eq(format('select run_number, error from t_run(%s)', :backoff_asap),
   $$values (1, 'flaky'::text), (2, 'flaky'), (3, 'flaky'), (4, 'flaky')$$,
   'every attempt is logged, the last as run max + 1');
+
+-- Every shape of base delay retries at the time pgxjob_backoff_time gives, on either side of the
+-- arithmetic fast path; past it (cases 3, 5 and 6) the function runs, once per result.
+set local track_functions = 'all';
+select coalesce(pg_stat_get_xact_function_calls('pgxjob_backoff_time'::regproc), 0) as backoff_calls \gset
+create temp table t_backoff (n int, error_count int, base_delay interval, now timestamptz,
+                             job_id bigint);
+insert into t_backoff (n, error_count, base_delay, now) values
+  (1, 2, '1 mon 2 days 03:04:05.5', '2030-01-01 00:00:00+00'),
+  (2, 0, '-1 day +12:00', '2030-01-01 00:00:00+00'),
+  (3, 999, '1 year', '2030-01-01 00:00:00+00'),
+  (4, 2147483646, '1 microsecond', '2030-01-01 00:00:00+00'),
+  (5, 3, '10 seconds', '290001-01-01 00:00:00+00'),
+  (6, 1, '200000 years', '2030-01-01 00:00:00+00');
+update t_backoff b set job_id = pgxjob_schedule('t1', null, null, now() + interval '1 hour');
+update pgxjob_run_at_jobs j set error_count = b.error_count from t_backoff b where j.id = b.job_id;
+select t_claim(job_id, :w) from t_backoff order by n;
+select t_record(job_id, error_count, 'flaky', p_max_retries => 2147483647,
+                p_base_delay => base_delay, p_now => now)
+from t_backoff order by n;
+select coalesce(pg_stat_get_xact_function_calls('pgxjob_backoff_time'::regproc), 0) - :backoff_calls
+  as backoff_calls \gset
+select results_eq(
+  $$select b.n, j.next_run_at from t_backoff b
+    left join pgxjob_run_at_jobs j on j.id = b.job_id order by b.n$$,
+  $$select b.n, pgxjob_backoff_time(b.now, b.error_count, b.base_delay) from t_backoff b
+    order by b.n$$,
+  'each retry time is pgxjob_backoff_time''s, and a time out of range ends the job'
+);
+select is(:backoff_calls::int, 3, 'pgxjob_backoff_time ran once per result past the fast path');
 
 select pgxjob_schedule('t1') as explicit_wins \gset
 select t_claim(:explicit_wins, :w);

@@ -2,7 +2,7 @@
 -- NOTIFY delivery needs a commit, so tests/test_notify.py covers it.
 begin;
 \ir helpers.psql
-select plan(39);
+select plan(42);
 
 select t_setup();
 
@@ -169,6 +169,28 @@ select throws_ok(
 select is(
   (select count(*)::int from pgxjob_asap_jobs where trace_context is not null), 1,
   'the refused calls wrote nothing');
+
+-- The common job (due now, no unique key) is written by pgxjob_schedule itself; a keyed or timed
+-- job goes through pgxjob_insert_job.
+set local track_functions = 'all';
+select coalesce(pg_stat_get_xact_function_calls('pgxjob_insert_job'::regproc), 0) as inserts \gset
+select pgxjob_schedule('t1', '{"fast": 1}');
+select pgxjob_schedule('t1', '{"fast": 2}', 'g2', now() - interval '1 hour', 5,
+                       trace_context => '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01');
+select is(coalesce(pg_stat_get_xact_function_calls('pgxjob_insert_job'::regproc), 0)
+          - :inserts, 0::bigint, 'an ASAP job without a key takes no nested call');
+select results_eq(
+  $$select g.name, a.priority, a.trace_context from pgxjob_asap_jobs a
+    join pgxjob_groups g on g.id = a.group_id where a.params::text like '{"fast"%'
+    order by a.id$$,
+  $$values ('g1'::text, 0, null::text),
+           ('g2', 5, '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01')$$,
+  'and writes the group, priority and trace context it was given'
+);
+select pgxjob_schedule('t1', null, null, null, 0, 'fast-key');
+select pgxjob_schedule('t1', null, null, now() + interval '1 hour');
+select is(coalesce(pg_stat_get_xact_function_calls('pgxjob_insert_job'::regproc), 0)
+          - :inserts, 2::bigint, 'a keyed job and a timed job go through pgxjob_insert_job');
 
 select * from finish();
 rollback;
