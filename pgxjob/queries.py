@@ -113,10 +113,12 @@ def _qualified(schema: str | None, query: str) -> str:
     # pgxjob sends unprepared statements (poolers), so a wrapper, inlined when the statement is
     # planned, would have its body parsed again on every call, about 30 us per call.
     # The text is built once per schema and query: psycopg would compose a sql.Composed again on
-    # every execute, and caches the parsing of a plain string.
+    # every execute, and caches the parsing of a plain string. Every statement is executed with
+    # parameters (an empty sequence at least), so a "%" in the schema's name is written "%%".
     if schema is None:
         return query.format("")
-    return query.format(sql.Identifier(f"pgxjob_{schema}").as_string(None) + ".")
+    private = sql.Identifier(f"pgxjob_{schema}").as_string(None).replace("%", "%%")
+    return query.format(private + ".")
 
 
 def _sql(conn: AnyConnection, query: str) -> str:
@@ -328,7 +330,8 @@ def periodic_job_status(conn: psycopg.Connection[Any]) -> list[PeriodicJobStatus
                 conn,
                 "select name, cron, time_zone, job_type, group_name, priority, next_fire_at,"
                 " last_fired_at, last_job_id from {}pgxjob_periodic_job_status()",
-            )
+            ),
+            (),
         ).fetchall()
     return [PeriodicJobStatus(*row) for row in rows]
 
@@ -545,7 +548,8 @@ def job_counts(conn: psycopg.Connection[Any]) -> list[JobCount]:
                 conn,
                 "select group_name, job_type, due, scheduled, retrying, locked, oldest_due_at"
                 " from {}pgxjob_job_counts()",
-            )
+            ),
+            (),
         ).fetchall()
     return [JobCount(*row) for row in rows]
 

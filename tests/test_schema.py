@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql
 
 import pgxjob
+from pgxjob import queries
 from pgxjob.errors import NotReadyError, UnknownJobTypeError
 from pgxjob.migrations import migrate
 from tests.dbserver import scratch_database
@@ -34,11 +35,14 @@ def scalar(url: str, query: str, params: Any = ()) -> Any:
     return row[0]
 
 
-def test_a_scheduler_and_worker_in_another_schema(empty_db_url: str) -> None:
+# A schema name may hold any character PostgreSQL allows in a quoted identifier: "%" must not be
+# taken for a query placeholder, nor braces for a format field.
+@pytest.mark.parametrize("schema", ["jobs", "100% {jobs}"])
+def test_a_scheduler_and_worker_in_another_schema(empty_db_url: str, schema: str) -> None:
     ran = threading.Event()
     scheduler = pgxjob.Scheduler(
         empty_db_url,
-        schema="jobs",
+        schema=schema,
         job_types=[pgxjob.JobTypeConfig("t", lambda job: ran.set())],
         setup_timeout=10,
     )
@@ -53,14 +57,16 @@ def test_a_scheduler_and_worker_in_another_schema(empty_db_url: str) -> None:
             job_id = scheduler.schedule(conn, "t", {"in": "jobs"})
         assert ran.wait(10)
         assert worker.shutdown(10)
-        assert (
-            scalar(
-                empty_db_url,
-                "select count(*) from pgxjob_jobs.pgxjob_job_runs where job_id = %s",
-                (job_id,),
-            )
-            == 1
+        runs = sql.SQL("select count(*) from {}.pgxjob_job_runs where job_id = {}").format(
+            sql.Identifier(f"pgxjob_{schema}"), sql.Literal(job_id)
         )
+        with psycopg.connect(empty_db_url) as conn:
+            assert conn.execute(runs).fetchone() == (1,)
+        # Calls without parameters too (the CLI's status reads these).
+        with scheduler.connection() as conn:
+            counts = queries.job_counts(conn)
+            assert [(c.group_name, c.job_type, c.due) for c in counts] == [("default", "t", 0)]
+            assert queries.periodic_job_status(conn) == []
     finally:
         scheduler.close(5)
 
