@@ -28,6 +28,7 @@ from pgxjob.jobs import (
     JobGroup,
     JobType,
     Signal,
+    _claimed_job,
     failure_text,
     is_async_handler,
     is_final_run,
@@ -377,20 +378,20 @@ class Worker:
         cancel_requested = Signal()
         if row.cancel_requested:
             cancel_requested.set()
-        return Job(
-            id=row.id,
-            group=self._group,
-            type=job_type,
-            params=row.params,
-            inserted_at=row.inserted_at,
-            run_at=row.run_at,
-            last_error=row.last_error,
-            error_count=row.error_count,
-            asap=row.asap,
-            shutdown_requested=self.shutdown_requested,
-            priority=row.priority,
-            cancel_requested=cancel_requested,
-            trace_context=row.trace_context,
+        return _claimed_job(
+            row.id,
+            self._group,
+            job_type,
+            row.params,
+            row.inserted_at,
+            row.run_at,
+            row.last_error,
+            row.error_count,
+            row.asap,
+            self.shutdown_requested,
+            row.priority,
+            cancel_requested,
+            row.trace_context,
         )
 
     # -- running --------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 
 import pgxjob
 from pgxjob.errors import UnknownGroupError, UnknownJobTypeError
-from pgxjob.jobs import ParamsError
+from pgxjob.jobs import ParamsError, Signal, _claimed_job
 from pgxjob.migrations import migrate
 from tests.dbserver import scratch_database
 
@@ -477,3 +477,33 @@ def test_log_final_job_runs_decides_as_the_database_does_for_backoff_retries() -
     assert pgxjob.log_final_job_runs(worker, make_job(None, 99), NOW, NOW, explicit) is False
     assert pgxjob.log_final_job_runs(worker, make_job(None), NOW, NOW, None) is True
     assert pgxjob.log_final_job_runs(worker, make_job(None), NOW, NOW, OSError()) is True
+
+
+def test_the_fetch_builds_the_same_job_as_the_dataclass_with_every_field() -> None:
+    group = pgxjob.JobGroup(3, "mail")
+    job_type = pgxjob.JobType(7, "send", group, lambda job: None)
+    now = dt.datetime.now(dt.UTC)
+    # A distinct value per field, in the dataclass's order.
+    values: dict[str, Any] = {
+        "id": 11,
+        "group": group,
+        "type": job_type,
+        "params": '{"to": "a"}',
+        "inserted_at": now,
+        "run_at": now + dt.timedelta(seconds=1),
+        "last_error": "boom",
+        "error_count": 2,
+        "asap": False,
+        "shutdown_requested": Signal(),
+        "priority": -4,
+        "cancel_requested": Signal(),
+        "trace_context": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    }
+    assert list(values) == [f.name for f in dataclasses.fields(pgxjob.Job)]
+    fast = _claimed_job(*values.values())
+    slow = pgxjob.Job(**values)
+    for name, value in values.items():
+        assert getattr(fast, name) is value, name
+    assert fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.priority = 1  # type: ignore[misc]
