@@ -418,10 +418,10 @@ class RecordOutcome(NamedTuple):
 def record_job_results(
     conn: psycopg.Connection[Any], worker_id: int, results: Sequence[JobResult]
 ) -> RecordOutcome:
-    columns: list[list[Any]] = [[] for _ in JobResult._fields]
-    for result in results:
-        for column, value in zip(columns, result, strict=True):
-            column.append(value)
+    # One array per field (transposed in C: a worker sends every job's result through here).
+    columns: list[list[Any]] = [list(column) for column in zip(*results, strict=True)] or [
+        [] for _ in JobResult._fields
+    ]
     with translated_errors():
         row = conn.execute(
             _sql(
