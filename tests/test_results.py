@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 import pgxjob
+from pgxjob import queries
 from pgxjob.migrations import migrate
 from pgxjob.queries import JobResult
 from tests.dbserver import scratch_database
@@ -277,3 +278,42 @@ def test_a_worker_claims_no_more_jobs_while_its_results_cannot_be_recorded(url: 
         assert worker.shutdown(10)
     finally:
         scheduler.close(5)
+
+
+def test_a_batch_mixing_every_kind_of_result_is_recorded_field_by_field(url: str) -> None:
+    # The record call sends integers, flags and all-null columns as array literals and the rest
+    # as binary arrays: a batch where one result sets every optional field and the others none
+    # must come out exactly as sent.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("select pgxjob_register_job_type('mix')")
+        ids = [
+            scalar(url, "select pgxjob_schedule('mix', %s::json)", (f'{{"n": {n}}}',))
+            for n in range(3)
+        ]
+        worker = scalar(url, "select pgxjob_register_worker('default', interval '1 hour')")
+        assert len(queries.fetch_jobs(conn, worker, 10)) == 3
+        now = dt.datetime.now(dt.UTC)
+        error = 'it said "no" {at} \\ the end, naïvement'
+        results = [
+            JobResult(ids[0], 0, now, now, None, None, None, None, True, None, False),
+            JobResult(ids[1], 0, now, now, error, None, 5, dt.timedelta(seconds=30), True,
+                      '{"partial": [1, 2]}', False),  # fmt: skip
+            JobResult(ids[2], 0, now, now, None, None, None, None, False, None, True),
+        ]
+        outcome = queries.record_job_results(conn, worker, results)
+    assert outcome == queries.RecordOutcome(3, [])
+    runs = query(
+        url,
+        "select job_id, outcome, error, output::text from pgxjob_job_runs order by job_id",
+    )
+    assert runs == [
+        (ids[0], "succeeded", None, None),
+        (ids[1], "retried", error, '{"partial": [1, 2]}'),
+    ]
+    retried = query(
+        url,
+        "select id, error_count, last_error, next_run_at > now() + interval '20 seconds'"
+        " from pgxjob_run_at_jobs",
+    )
+    assert retried == [(ids[1], 1, error, True)]
+    assert pending_jobs(url) == 1
