@@ -296,8 +296,19 @@ def test_a_batch_mixing_every_kind_of_result_is_recorded_field_by_field(url: str
         error = 'it said "no" {at} \\ the end, naïvement'
         results = [
             JobResult(ids[0], 0, now, now, None, None, None, None, True, None, False),
-            JobResult(ids[1], 0, now, now, error, None, 5, dt.timedelta(seconds=30), True,
-                      '{"partial": [1, 2]}', False),  # fmt: skip
+            JobResult(
+                ids[1],
+                0,
+                now,
+                now,
+                error,
+                None,
+                5,
+                dt.timedelta(seconds=30),
+                True,
+                '{"partial": [1, 2]}',
+                False,
+            ),
             JobResult(ids[2], 0, now, now, None, None, None, None, False, None, True),
         ]
         outcome = queries.record_job_results(conn, worker, results)
