@@ -57,7 +57,7 @@ schema: venv
 schema-check: venv
 	$(PY) -m tests.schema_snapshot check
 
-## Benchmarks against procrastinate, PgQueuer and oban-py (about 20 min on 2 cores; not part of
+## Benchmarks against procrastinate, PgQueuer and oban-py (about 28 min on 2 cores; not part of
 ## `make test`). Writes bench/results.json, bench/RESULTS.md and the PNG plots.
 ## BENCH_ARGS=--quick for a 4-minute smoke run.
 bench:

@@ -608,9 +608,16 @@ def main() -> None:
                 if c.get("sweep_max_n")]  # fmt: skip
         L.append("## Configuration sweep")
         L.append("")
+        passes = meta.get("sweep_passes", 1)
+        how = (
+            "once per knob value and worker process count"
+            if passes == 1
+            else f"{passes} times per knob value and worker process count, in passes of "
+            "alternating order, each point keeping its fastest drain"
+        )
         L.append(
-            f"One round, run first: each system drains the same backlog ({sz['n']:,} jobs; "
-            f"capped: {', '.join(caps) or 'none'}) once per knob value and worker process count. "
+            f"Run first: each system drains the same backlog ({sz['n']:,} jobs; "
+            f"capped: {', '.join(caps) or 'none'}) {how}. "
             "The fastest (bold) is kept for every later workload of the run; pgxjob (run log "
             "off) takes pgxjob's choice. The raw SQL limit sweeps its batch size with 2 "
             "processes only."
@@ -675,7 +682,8 @@ def main() -> None:
         f"| WAL, dead tuples | per 100,000 | measured over the {sz['n']:,}-job bulk enqueue + drain, scaled |"
     )
     L.append(
-        f"| Configuration sweep, raw SQL limit | (not given) | {sz['n']:,} per point, one round |"
+        f"| Configuration sweep, raw SQL limit | (not given) | {sz['n']:,} per point, "
+        f"{meta.get('sweep_passes', 1)} pass(es) |"
     )
     L.append(
         f"| Drain with priorities and unique keys | (not given) | {sz['n']:,}, paired with a plain drain |"

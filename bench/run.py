@@ -692,27 +692,39 @@ def choose(system: str, value: Any, procs: int) -> None:
             spec["chosen"] = {"knob": knob, "value": value, "procs": procs, "by": system}
 
 
+# Each sweep point is drained this many times, in passes of alternating order, and keeps its
+# fastest drain: with one drain per point the choice fell within this machine's noise.
+SWEEP_PASSES = 2
+
+
 def w_sweep(system: str, server: Server, sz: dict[str, Any]) -> dict[str, Any]:
     """Drain the same backlog with each value of the system's knob and each process count.
 
-    One round. The fastest (value, processes) pair is kept (choose) unless --config pinned the
-    system's options; the rates of all pairs are reported.
+    SWEEP_PASSES passes over the points, the second in reverse order; each point's rate is its
+    fastest drain. The fastest (value, processes) pair is kept (choose) unless --config pinned
+    the system's options; the rates of all pairs are reported.
     """
     spec = SYSTEMS[system]["sweep"]
     n = min(cap(system, sz["n"]), SYSTEMS[system].get("sweep_max_n", sz["n"]))
-    points = []
-    for value in spec["values"]:
-        opts = with_option(SYSTEMS[system]["consume"], spec["knob"], value)
-        for procs in spec["procs"]:
+    pairs = [(value, procs) for value in spec["values"] for procs in spec["procs"]]
+    drained: dict[tuple[Any, int], list[dict[str, Any]]] = {pair: [] for pair in pairs}
+    for sweep_pass in range(SWEEP_PASSES):
+        for value, procs in pairs if sweep_pass % 2 == 0 else pairs[::-1]:
+            opts = with_option(SYSTEMS[system]["consume"], spec["knob"], value)
             db = server.fresh(system)
             dsn = server.dsn(db)
             run_driver(system, "setup", dsn, {})
             backlog(system, dsn, n)
             d = drain(system, server, db, n, procs, timeout=drain_timeout(n), opts=opts)
             server.drop(db)
-            points.append({"value": value, "procs": procs, "rate": d.get("rate"),
-                           "error": d.get("error")})  # fmt: skip
+            drained[(value, procs)].append(d)
             log(f"  sweep {spec['knob']}={value} procs={procs}: {d.get('rate') or d.get('error')}")
+    points = []
+    for (value, procs), runs in drained.items():
+        rates = [d["rate"] for d in runs if d.get("rate")]
+        errors = [d["error"] for d in runs if d.get("error")]
+        points.append({"value": value, "procs": procs, "rate": max(rates) if rates else None,
+                       "rates": rates, "error": errors[0] if errors else None})  # fmt: skip
     ok = [p for p in points if p["rate"]]
     out: dict[str, Any] = {"sweep_n": n, "sweep_points": points}
     if ok:
@@ -1123,6 +1135,7 @@ def main() -> None:
             s: {k: v for k, v in SYSTEMS[s].items() if k not in ("remaining_sql",)} for s in systems
         },
         "pinned": sorted(PINNED & set(systems)),
+        "sweep_passes": SWEEP_PASSES,
         "versions": {s: versions(s) for s in systems},
         "runtime": {s: runtime(s) for s in systems},
         "private_cluster": cluster is not None,
