@@ -453,13 +453,18 @@ def test_an_async_handler_can_shut_its_worker_down_without_waiting_for_itself(
     clean_db: str, scheduler_for: Callable[..., pgxjob.Scheduler]
 ) -> None:
     returned: list[bool] = []
+    # The job is scheduled first, so the worker may run it before start_worker() has returned:
+    # the handler waits until the test holds the worker.
+    held = threading.Event()
 
     async def stop_worker(job: pgxjob.Job) -> None:
+        await asyncio.to_thread(held.wait, 10)
         returned.append(worker.shutdown(30))
 
     scheduler = scheduler_for(pgxjob.JobTypeConfig("stop_worker", stop_worker))
     scheduler.schedule(None, "stop_worker")
     worker = scheduler.start_worker()
+    held.set()
     wait_for(lambda: worker.stopped, 20, "the worker to stop")
     assert returned == [False]
     assert [outcome for _, _, outcome, _ in runs(clean_db)] == ["succeeded"]
